@@ -1,0 +1,184 @@
+"""The relay: one aiohttp server for tunnel clients, visitors and health checks.
+
+Requests are routed by Host first: ``<sub>.<domain>`` belongs to a link, whatever
+its path (a tunnelled app may well have a ``/_tunnel`` of its own); any other host is
+the relay itself, which serves ``/_tunnel`` (clients), ``/_health`` and a landing page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from . import pages
+from .config import RelayConfig
+from .leases import LeaseSigner, load_or_create_key
+from .public import handle_public
+from .registry import Registry
+from .tokens import TokenStore
+from .tunnel import accept_tunnel
+
+__all__ = ["Relay"]
+
+logger = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 5.0
+
+
+class Relay:
+    """A running relay: its settings, its links, and its server."""
+
+    def __init__(self, config: RelayConfig, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.registry = Registry()
+        self.signer = LeaseSigner(load_or_create_key(config.lease_key))
+        self.tokens = TokenStore(config.tokens_file)
+        self.ssl_context = ssl_context
+        self.port = config.port
+        self.accepting = True
+        """False once shutdown began: new tunnels are refused."""
+        self.inflight = 0
+        """Public requests being served right now."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._runner: web.ServerRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.started_at = time.time()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen; on return, :attr:`port` is the bound port."""
+        server = web.Server(
+            self.dispatch,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=self.config.idle_timeout_s,
+            # Parser limits sit above ours so that oversized headers get our 431 page,
+            # not the parser's bare 400.
+            max_line_size=self.config.max_header_bytes * 2,
+            max_field_size=self.config.max_header_bytes * 2,
+            max_headers=1024,
+            # Bodies pass through byte for byte: never decompress them here.
+            auto_decompress=False,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            ssl_context=self.ssl_context,
+            reuse_address=True,
+        )
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+        logger.info(
+            "relay listening on %s://%s:%d for *.%s",
+            "https" if self.ssl_context else "http",
+            self.config.host,
+            self.port,
+            self.config.domain,
+        )
+        if self.config.ready_file is not None:
+            self._write_ready_file(self.config.ready_file)
+
+    def _write_ready_file(self, path: Path) -> None:
+        info = {
+            "port": self.port,
+            "url": f"{'https' if self.ssl_context else 'http'}://{self.config.host}:{self.port}",
+            "domain": self.config.domain,
+        }
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)  # atomic: a reader never sees half a file
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop taking tunnels, let in-flight requests finish, then close every tunnel."""
+        from tunnel_client.protocol.errors import GoAwayCode
+
+        self.accepting = False
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        sessions = [t.session for t in self.registry if t.session is not None]
+        for session in sessions:
+            session.close(GoAwayCode.SHUTDOWN, "the relay is restarting: reconnect with your lease")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(s.wait_closed() for s in sessions), return_exceptions=True), 5
+            )
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        logger.info("relay stopped")
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            for tunnel in self.registry.sweep(grace_s=self.config.reconnect_grace_s):
+                logger.info("link %s dropped: its client stayed away", tunnel.subdomain)
+
+    # -- routing ------------------------------------------------------------------------
+
+    def subdomain_of(self, host: str) -> str | None:
+        """The link label of a Host header value, or None if it names the relay itself."""
+        name = host.strip().lower()
+        if name.startswith("["):
+            return None  # an IPv6 literal is never a link
+        name = name.rsplit(":", 1)[0] if ":" in name else name
+        name = name.rstrip(".")
+        suffix = "." + self.config.domain.lower()
+        if not name.endswith(suffix):
+            return None
+        label = name[: -len(suffix)]
+        return label or None
+
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route one request by Host, then by path."""
+        host = request.headers.get("Host", "")
+        sub = self.subdomain_of(host)
+        if sub is not None:
+            self.inflight += 1
+            self._idle.clear()
+            try:
+                return await handle_public(self, request, sub)
+            finally:
+                self.inflight -= 1
+                if self.inflight == 0:
+                    self._idle.set()
+        path = request.rel_url.path
+        if path == "/_tunnel":
+            return await accept_tunnel(self, request)
+        if path in ("/_health", "/healthz"):
+            return self.health(request)
+        if path == "/":
+            return web.Response(
+                text=f"sharetunnel relay for *.{self.config.domain}: run `tunnel PORT --relay "
+                f"{self.config.scheme}://{self.config.domain}` to get a link.\n"
+            )
+        return pages.error_response(request, pages.not_found())
+
+    def health(self, request: web.BaseRequest) -> web.Response:
+        """Liveness and a few numbers, as JSON."""
+        return web.json_response(
+            {
+                "status": "ok" if self.accepting else "shutting-down",
+                "tunnels": len(self.registry),
+                "connected": sum(1 for t in self.registry if t.connected),
+                "inflight": self.inflight,
+                "uptime_s": round(time.time() - self.started_at, 1),
+            },
+            status=200 if self.accepting else 503,
+        )

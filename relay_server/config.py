@@ -1,0 +1,141 @@
+"""The relay's settings: one frozen dataclass, checked as a whole when built.
+
+Every field has a flag, an environment variable with the ``RELAY_`` prefix and a key
+in the TOML config file, all with the same name (``ttl`` = ``--ttl`` = ``RELAY_TTL``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunnel_client.protocol.errors import ConfigError
+from tunnel_client.protocol.window import MAX_WINDOW, MIN_WINDOW
+
+__all__ = ["RelayConfig"]
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayConfig:
+    """Everything the relay needs to know; defaults suit a public relay."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    domain: str = "localhost"
+    """Links are ``<subdomain>.<domain>``; needs a wildcard DNS record in production."""
+    ttl_s: float = 72 * HOUR
+    """How long a link lives after it is first issued."""
+    public_scheme: str | None = None
+    """Scheme visitors use (``https`` behind a TLS front); default: what we serve."""
+    public_port: int | None = None
+    """Port visitors use (443 behind a TLS front); default: the port we listen on."""
+    response_timeout_s: float = 600.0
+    """How long the local server may take to start a response before visitors get 504."""
+    handshake_timeout_s: float = 10.0
+    keepalive_s: float = 10.0
+    """PING a quiet tunnel this often; a tunnel silent for 3x this long is dropped."""
+    reconnect_grace_s: float = 600.0
+    """How long a link whose client dropped keeps answering 503 (not 404) to visitors."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long in-flight requests may take to finish."""
+    stream_window: int = 256 * 1024
+    """Flow-control window per stream: the most bytes one request buffers in the relay."""
+    max_streams: int = 256
+    """Concurrent requests per tunnel; more get 429."""
+    max_header_bytes: int = 32 * 1024
+    """Total size of a visitor's request line and headers; more get 431."""
+    max_body_bytes: int | None = None
+    """Largest request body a visitor may send (None: no limit); more get 413."""
+    header_timeout_s: float = 30.0
+    """A visitor must send its request headers within this time."""
+    idle_timeout_s: float = 900.0
+    """A visitor connection with no request and no response bytes for this long is closed."""
+    rate_per_link: float = 0.0
+    """Requests per second each link accepts (bursts to 4x); 0 means unlimited. More get 429."""
+    tunnels_per_ip: int = 20
+    tunnels_per_token: int = 100
+    tokens_file: Path | None = None
+    """One token per line; when set, clients must present one to create links."""
+    lease_key: Path | None = None
+    """Ed25519 key signing leases; created owner-only on first start. None: in memory."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    self_signed: bool = False
+    """Serve HTTPS with a wildcard certificate for the domain made at start (testing)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses (or networks) of fronts whose X-Forwarded-For may be believed."""
+    ready_file: Path | None = None
+    """Write ``{"port": ..., "url": ...}`` here once listening (for scripts and tests)."""
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if problems := list(self._problems()):
+            raise ConfigError(problems)
+
+    def _problems(self) -> list[str]:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not in 0..65535")
+        if self.public_port is not None and not 1 <= self.public_port <= 65535:
+            problems.append(f"public_port {self.public_port} is not in 1..65535")
+        labels = self.domain.lower().split(".")
+        if not self.domain or any(
+            not label or len(label) > 63 or not label.replace("-", "").isalnum() for label in labels
+        ):
+            problems.append(f"domain {self.domain!r} is not a DNS name like share.example.com")
+        if self.public_scheme not in (None, "http", "https"):
+            problems.append(f"public_scheme must be http or https, not {self.public_scheme!r}")
+        if not MIN_WINDOW <= self.stream_window <= MAX_WINDOW:
+            problems.append(f"stream_window must be in {MIN_WINDOW}..{MAX_WINDOW} bytes")
+        if self.max_streams < 1:
+            problems.append("max_streams must be at least 1")
+        if self.max_header_bytes < 1024:
+            problems.append("max_header_bytes must be at least 1024")
+        if self.max_body_bytes is not None and self.max_body_bytes < 0:
+            problems.append("max_body_bytes must not be negative")
+        if self.rate_per_link < 0:
+            problems.append("rate_per_link must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("tls_cert and tls_key go together: give both or neither")
+        if self.self_signed and self.tls_cert is not None:
+            problems.append("self_signed and tls_cert exclude each other")
+        for path in (self.tls_cert, self.tls_key, self.tokens_file):
+            if path is not None and not path.is_file():
+                problems.append(f"{path} does not exist or is not a file")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                problems.append(f"trusted proxy {proxy!r} is not an IP address or network")
+        for name in (
+            "ttl_s",
+            "response_timeout_s",
+            "handshake_timeout_s",
+            "keepalive_s",
+            "shutdown_grace_s",
+            "header_timeout_s",
+            "idle_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name.removesuffix('_s')} must be positive")
+        return problems
+
+    @property
+    def tls(self) -> bool:
+        """True when the relay itself serves HTTPS."""
+        return self.self_signed or self.tls_cert is not None
+
+    @property
+    def scheme(self) -> str:
+        """The scheme of the links handed out."""
+        return self.public_scheme or ("https" if self.tls else "http")
+
+    def link_for(self, subdomain: str, bound_port: int) -> str:
+        """The public URL of a subdomain, omitting the scheme's default port."""
+        port = self.public_port or bound_port
+        default = 443 if self.scheme == "https" else 80
+        suffix = "" if port == default else f":{port}"
+        return f"{self.scheme}://{subdomain}.{self.domain}{suffix}/"

@@ -1,0 +1,168 @@
+"""The error pages visitors see: HTML for browsers, plain text for everything else.
+
+Each page says what happened and what the link's owner can do about it. Pages are
+never cached (the condition they describe is usually temporary).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from aiohttp import web
+
+__all__ = ["ErrorPage", "error_response"]
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{status} {title}</title>
+<style>
+body{{font:16px/1.5 system-ui,sans-serif;max-width:38rem;margin:12vh auto;
+     padding:0 1rem;color:#222}}
+h1{{font-size:1.4rem}} .code{{color:#888;font-weight:normal}} p.hint{{color:#555}}
+code{{background:#f3f3f3;padding:0 .25em;border-radius:3px}}
+</style></head>
+<body><h1><span class="code">{status}</span> {title}</h1>
+<p>{detail}</p><p class="hint">{hint}</p>
+<p class="hint"><small>sharetunnel relay</small></p></body></html>
+"""
+
+
+@dataclass(frozen=True)
+class ErrorPage:
+    """One error: its status, a title, what happened, and what the owner can do."""
+
+    status: int
+    title: str
+    detail: str
+    hint: str = ""
+    retry_after_s: int | None = None
+
+
+def _wants_html(request: web.BaseRequest) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def error_response(request: web.BaseRequest, page: ErrorPage) -> web.Response:
+    """Render a page as HTML or plain text, whichever the visitor prefers."""
+    headers = {"Cache-Control": "no-store", "X-Sharetunnel-Error": str(page.status)}
+    if page.retry_after_s is not None:
+        headers["Retry-After"] = str(page.retry_after_s)
+    if _wants_html(request):
+        body = _HTML.format(
+            status=page.status,
+            title=html.escape(page.title),
+            detail=html.escape(page.detail),
+            hint=html.escape(page.hint),
+        )
+        content_type = "text/html"
+    else:
+        body = f"{page.status} {page.title}\n\n{page.detail}\n"
+        if page.hint:
+            body += f"{page.hint}\n"
+        content_type = "text/plain"
+    return web.Response(
+        status=page.status,
+        text=body,
+        content_type=content_type,
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def not_found() -> ErrorPage:
+    return ErrorPage(
+        404,
+        "No such link",
+        "There is no share link at this address. It may have been mistyped, or its "
+        "owner stopped sharing.",
+        "If you own this link, start the tunnel again to get a new one.",
+    )
+
+
+def expired(when: str) -> ErrorPage:
+    return ErrorPage(
+        410,
+        "Link expired",
+        f"This share link expired at {when}.",
+        "Links last for a limited time. The owner can run `tunnel <port>` again to get a new link.",
+    )
+
+
+def client_away() -> ErrorPage:
+    return ErrorPage(
+        503,
+        "Link owner is offline",
+        "The computer sharing this link is not connected to the relay right now "
+        "(it may be reconnecting after a network drop).",
+        "Try again in a few seconds. If you own this link, check that `tunnel` is still "
+        "running and online.",
+        retry_after_s=5,
+    )
+
+
+def local_refused(reason: str) -> ErrorPage:
+    return ErrorPage(
+        502,
+        "Nothing is answering on the owner's machine",
+        f"The tunnel is up, but the local server did not accept the request: {reason}.",
+        "If you own this link: start your app on that port. The link stays the same and "
+        "works as soon as the app answers.",
+    )
+
+
+def local_failed(reason: str) -> ErrorPage:
+    return ErrorPage(
+        502,
+        "The local server failed",
+        f"The app on the owner's machine broke off the response: {reason}.",
+        "If you own this link, check your app's log for errors.",
+    )
+
+
+def local_timeout(seconds: float) -> ErrorPage:
+    return ErrorPage(
+        504,
+        "The local server is too slow",
+        f"The app on the owner's machine did not start answering within {seconds:g} s.",
+        "If you own this link, raise the relay's response timeout or make the app answer "
+        "sooner (streaming responses are never cut).",
+    )
+
+
+def too_many(what: str) -> ErrorPage:
+    return ErrorPage(
+        429, "Too many requests", f"{what}.", "Wait a moment and try again.", retry_after_s=1
+    )
+
+
+def too_large(limit: int) -> ErrorPage:
+    return ErrorPage(
+        413,
+        "Request body too large",
+        f"This relay accepts request bodies of at most {limit} bytes.",
+        "The relay's operator can raise the limit (max_body_bytes).",
+    )
+
+
+def headers_too_large(limit: int) -> ErrorPage:
+    return ErrorPage(
+        431,
+        "Request headers too large",
+        f"This relay accepts at most {limit} bytes of request headers.",
+        "Clear this site's cookies and try again.",
+    )
+
+
+def bad_request(detail: str) -> ErrorPage:
+    return ErrorPage(400, "Bad request", detail)
+
+
+def unauthorized() -> ErrorPage:
+    return ErrorPage(
+        401,
+        "Password required",
+        "The owner of this link protected it with a password.",
+        "Ask the owner for the user name and password.",
+    )

@@ -1,0 +1,319 @@
+"""Public requests: a visitor's request to ``<sub>.<domain>`` becomes one tunnel stream.
+
+The request body is pumped into the stream only while the stream has credit, so
+aiohttp's read watermarks push back on the visitor's socket; the response body is
+written out one chunk at a time, and each chunk is acknowledged (granting the client
+more credit) only once the visitor's socket took it. Memory per request is therefore
+bounded by the stream window, however large the body and however slow the visitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import WSMsgType, web
+from yarl import URL
+
+from tunnel_client.protocol.aio import Stream, WebSocketClosed
+from tunnel_client.protocol.errors import (
+    LocalProtocolError,
+    ResetCode,
+    SessionClosed,
+    StreamReset,
+)
+from tunnel_client.protocol.heads import RequestHead, ResponseHead
+
+from . import pages
+from .forwarding import forward_request_headers, peer_address, response_headers
+from .registry import Tunnel
+
+if TYPE_CHECKING:
+    from .app import Relay
+
+__all__ = ["handle_public"]
+
+logger = logging.getLogger(__name__)
+
+_BAD_BODY_ERRORS = (ConnectionError, asyncio.IncompleteReadError, OSError)
+
+
+def _header_bytes(request: web.BaseRequest) -> int:
+    line = len(request.method) + len(request.raw_path) + 12
+    return line + sum(len(n) + len(v) + 4 for n, v in request.raw_headers)
+
+
+def _origin_form(request: web.BaseRequest) -> str | None:
+    """The request target as a path, or None if an absolute-form target names another host."""
+    target = request.raw_path
+    if target.startswith("/"):
+        return target
+    if target == "*":
+        return target
+    url = URL(target, encoded=True)
+    host = request.headers.get("Host", "").lower()
+    if not url.is_absolute() or url.raw_authority.lower() != host:
+        return None
+    return url.raw_path_qs or "/"
+
+
+def _wants_websocket(request: web.BaseRequest) -> bool:
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
+
+
+def _authorized(tunnel: Tunnel, request: web.BaseRequest) -> bool:
+    assert tunnel.visitor_auth is not None
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(given.encode(), tunnel.visitor_auth.encode())
+
+
+def _rate_allows(relay: Relay, tunnel: Tunnel) -> bool:
+    """Token bucket per link: ``rate_per_link`` per second, bursts of four seconds' worth."""
+    rate = relay.config.rate_per_link
+    if rate <= 0:
+        return True
+    now = time.monotonic()
+    burst = rate * 4
+    if tunnel.rate_checked == 0:
+        tunnel.rate_tokens = burst
+    else:
+        tunnel.rate_tokens = min(burst, tunnel.rate_tokens + (now - tunnel.rate_checked) * rate)
+    tunnel.rate_checked = now
+    if tunnel.rate_tokens < 1:
+        return False
+    tunnel.rate_tokens -= 1
+    return True
+
+
+async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
+    """Serve one visitor request for the link ``sub``."""
+    config = relay.config
+    tunnel = relay.registry.get(sub)
+    if tunnel is None:
+        expired_at = relay.registry.expired_at(sub)
+        if expired_at is not None:
+            when = datetime.datetime.fromtimestamp(expired_at, datetime.UTC)
+            return pages.error_response(request, pages.expired(f"{when:%Y-%m-%d %H:%M} UTC"))
+        return pages.error_response(request, pages.not_found())
+    if _header_bytes(request) > config.max_header_bytes:
+        return pages.error_response(request, pages.headers_too_large(config.max_header_bytes))
+    target = _origin_form(request)
+    if target is None:
+        return pages.error_response(
+            request, pages.bad_request("The request target names a different host.")
+        )
+    limit = config.max_body_bytes
+    if limit is not None and (request.content_length or 0) > limit:
+        return pages.error_response(request, pages.too_large(limit))
+    if tunnel.visitor_auth is not None and not _authorized(tunnel, request):
+        response = pages.error_response(request, pages.unauthorized())
+        response.headers["WWW-Authenticate"] = 'Basic realm="sharetunnel", charset="UTF-8"'
+        return response
+    session = tunnel.session
+    if session is None or session.ended is not None:
+        return pages.error_response(request, pages.client_away())
+    if session.open_streams >= config.max_streams:
+        return pages.error_response(
+            request, pages.too_many("This link is serving too many requests at once")
+        )
+    if not _rate_allows(relay, tunnel):
+        return pages.error_response(request, pages.too_many("This link gets too many requests"))
+
+    websocket = _wants_websocket(request)
+    public_host = request.headers.get("Host", "")
+    drop = ("authorization",) if tunnel.visitor_auth is not None else ()
+    try:
+        head = RequestHead(
+            request.method,
+            target,
+            forward_request_headers(
+                request,
+                public_host=public_host,
+                scheme=config.scheme,
+                client_ip=peer_address(request, config.trusted_proxies),
+                drop=drop,
+            ),
+            websocket=websocket,
+        )
+    except LocalProtocolError as exc:
+        return pages.error_response(request, pages.bad_request(f"Unusable request: {exc}."))
+    has_body = request.body_exists and not websocket
+    tunnel.requests += 1
+    try:
+        stream = session.open_stream(head, end_stream=not has_body and not websocket)
+    except SessionClosed:
+        return pages.error_response(request, pages.client_away())
+    pump = asyncio.create_task(_pump_body(request, stream, limit)) if has_body else None
+    try:
+        return await _relay_response(relay, request, stream, websocket, public_host)
+    finally:
+        if pump is not None and not pump.done():
+            pump.cancel()
+        if stream.error is None and stream.live:
+            # The visitor left (or we failed) before the exchange finished: let the
+            # client cancel its local request.
+            stream.reset(ResetCode.CANCEL, "the visitor went away")
+
+
+async def _pump_body(request: web.BaseRequest, stream: Stream, limit: int | None) -> None:
+    """Copy the visitor's body into the stream while it has credit."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        # Visitors that ask (curl does above 1 MiB) wait for this before sending a body.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    total = 0
+    try:
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            total += len(chunk)
+            if limit is not None and total > limit:
+                stream.reset(ResetCode.TOO_LARGE, f"request body over {limit} bytes")
+                return
+            await stream.write(chunk)
+        await stream.end()
+    except (StreamReset, SessionClosed):
+        pass  # the response side reports what happened
+    except _BAD_BODY_ERRORS as exc:
+        logger.debug("visitor's request body broke off: %r", exc)
+        stream.reset(ResetCode.CANCEL, "the visitor's request body broke off")
+    except Exception as exc:  # aiohttp's payload errors do not share a base we can name
+        logger.debug("cannot read the visitor's request body: %r", exc)
+        stream.reset(ResetCode.CANCEL, "the visitor's request body was malformed")
+
+
+def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
+    match reset.code:
+        case ResetCode.UPSTREAM_UNAVAILABLE:
+            return pages.local_refused(reset.reason or "connection refused")
+        case ResetCode.UPSTREAM_TIMEOUT:
+            return pages.local_timeout(relay.config.response_timeout_s)
+        case ResetCode.TOO_LARGE:
+            return pages.too_large(relay.config.max_body_bytes or 0)
+        case ResetCode.REFUSED:
+            return pages.too_many("The link's owner is serving too many requests at once")
+        case _:
+            return pages.local_failed(reset.reason or reset.code.name.lower())
+
+
+async def _relay_response(
+    relay: Relay, request: web.BaseRequest, stream: Stream, websocket: bool, public_host: str
+) -> web.StreamResponse:
+    timeout = relay.config.response_timeout_s
+    try:
+        head, ended = await asyncio.wait_for(stream.response(), timeout)
+    except TimeoutError:
+        stream.reset(ResetCode.UPSTREAM_TIMEOUT, f"no response within {timeout:g} s")
+        return pages.error_response(request, pages.local_timeout(timeout))
+    except StreamReset as reset:
+        return pages.error_response(request, _error_page_for(relay, reset))
+    except SessionClosed:
+        return pages.error_response(request, pages.client_away())
+    if head.status == 101:
+        return await _relay_websocket(request, stream, head)
+    response = web.StreamResponse(status=head.status)
+    host = public_host.rsplit(":", 1)[0].lower() if ":" in public_host else public_host.lower()
+    for name, value in response_headers(head.headers, domain=relay.config.domain, host=host):
+        response.headers.add(name, value)
+    if request.method == "HEAD" or head.status in (204, 304):
+        ended = True
+    declared = head.header("Content-Length")
+    if declared is None and ended and head.status not in (204, 304) and request.method != "HEAD":
+        response.headers["Content-Length"] = "0"
+    await response.prepare(request)
+    if ended:
+        await response.write_eof()
+        return response
+    sent = 0
+    try:
+        while chunk := await stream.read():
+            sent += len(chunk)
+            await response.write(chunk)
+    except (StreamReset, SessionClosed) as exc:
+        # Headers are out: the only honest signal left is a broken connection.
+        logger.debug("stream %d ended early: %s", stream.id, exc)
+        _abort(request)
+        return response
+    if declared is not None and declared.isdigit() and int(declared) != sent:
+        _abort(request)
+        return response
+    await response.write_eof()
+    return response
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def _relay_websocket(
+    request: web.BaseRequest, stream: Stream, head: ResponseHead
+) -> web.StreamResponse:
+    """Relay a WebSocket message by message, in both directions."""
+    protocol = head.header("Sec-WebSocket-Protocol")
+    ws = web.WebSocketResponse(
+        protocols=(protocol,) if protocol else (),
+        autoping=True,
+        compress=False,
+        max_msg_size=16 << 20,
+    )
+    await ws.prepare(request)
+
+    async def visitor_to_local() -> None:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await stream.send_message(msg.data.encode(), text=True)
+            elif msg.type is WSMsgType.BINARY:
+                await stream.send_message(msg.data, text=False)
+            elif msg.type is WSMsgType.ERROR:
+                break
+        if stream.writable:
+            stream.send_close(ws.close_code or 1000, "")
+
+    async def local_to_visitor() -> None:
+        while True:
+            item = await stream.receive_message()
+            if isinstance(item, WebSocketClosed):
+                await ws.close(code=item.code, message=item.reason.encode())
+                return
+            if item.text:
+                await ws.send_str(item.data.decode("utf-8", "replace"))
+            else:
+                await ws.send_bytes(item.data)
+
+    up = asyncio.create_task(visitor_to_local())
+    down = asyncio.create_task(local_to_visitor())
+    try:
+        await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
+        if down.done() and down.exception() is None:
+            # The local side closed: give the visitor's close a moment to come back.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(up), 5)
+        elif up.done() and up.exception() is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(down), 5)
+    finally:
+        for task in (up, down):
+            task.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+        if not ws.closed:
+            await ws.close(code=1011, message=b"tunnel stream ended")
+    return ws

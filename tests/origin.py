@@ -1,0 +1,222 @@
+"""A local origin server for tests and benchmarks: what a tunnelled app might do.
+
+Run it as a process: ``python -m tests.origin --port 0 --ready-file f`` writes
+``{"port": N}`` to ``f`` once listening. Endpoints:
+
+=====================  ==============================================================
+``/``                  a small fixed page
+``/echo``              any method: JSON of method, raw target, headers, body length+sha256
+``/bytes/{n}``         n bytes (a fixed pattern), Content-Length, streamed in 64 KiB chunks
+``/chunked/{n}``       the same bytes with chunked encoding
+``/upload``            POST: streams the body; JSON of its length and sha256
+``/sse``               ``?n=5&interval=0.2``: n events, one per interval, with a timestamp
+``/ws``                WebSocket echo; text ``close:<code>`` closes with that code
+``/slow``              ``?delay=5``: waits, then answers
+``/hold``              never answers; counts how many were cancelled (``/stats``)
+``/stats``             JSON counters
+``/cookies``           three Set-Cookie headers
+``/status/{code}``     that status, with a small body (none for 204/304)
+``/gzip``              a gzip-encoded body with Content-Encoding: gzip
+``/file``              a 1 MiB file with Range support
+=====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+PATTERN = bytes(range(256)) * 256  # 64 KiB
+STATS_KEY = web.AppKey("stats", dict)
+FILE_KEY = web.AppKey("file", Path)
+GZIP_BODY = gzip.compress(b"compressed content " * 100)
+
+
+def pattern_bytes(n: int) -> bytes:
+    """The first n bytes of what /bytes/{n} sends."""
+    full, rest = divmod(n, len(PATTERN))
+    return PATTERN * full + PATTERN[:rest]
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text="hello from the origin\n")
+
+
+async def echo(request: web.Request) -> web.Response:
+    digest = hashlib.sha256()
+    length = 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        length += len(chunk)
+    return web.json_response(
+        {
+            "method": request.method,
+            "target": request.raw_path,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "length": length,
+            "sha256": digest.hexdigest(),
+        }
+    )
+
+
+async def _send_pattern(request: web.Request, n: int, *, chunked: bool) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.content_type = "application/octet-stream"
+    if chunked:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = n
+    await response.prepare(request)
+    left = 0 if request.method == "HEAD" else n
+    while left > 0:
+        piece = PATTERN[: min(left, len(PATTERN))]
+        await response.write(piece)
+        left -= len(piece)
+    await response.write_eof()
+    return response
+
+
+async def fixed_bytes(request: web.Request) -> web.StreamResponse:
+    return await _send_pattern(request, int(request.match_info["n"]), chunked=False)
+
+
+async def chunked_bytes(request: web.Request) -> web.StreamResponse:
+    return await _send_pattern(request, int(request.match_info["n"]), chunked=True)
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    count = int(request.query.get("n", "5"))
+    interval = float(request.query.get("interval", "0.2"))
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    for i in range(count):
+        await response.write(
+            f"id: {i}\ndata: {json.dumps({'i': i, 't': time.time()})}\n\n".encode()
+        )
+        if i + 1 < count:
+            await asyncio.sleep(interval)
+    await response.write_eof()
+    return response
+
+
+async def ws_echo(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(protocols=("chat", "superchat"))
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            if msg.data.startswith("close:"):
+                await ws.close(code=int(msg.data[6:]), message=b"asked to close")
+                break
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("delay", "5")))
+    return web.Response(text="finally\n")
+
+
+async def hold(request: web.Request) -> web.Response:
+    stats = request.app[STATS_KEY]
+    stats["held"] += 1
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        stats["cancelled"] += 1
+        raise
+    return web.Response(text="unreachable")
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS_KEY])
+
+
+async def cookies(request: web.Request) -> web.Response:
+    response = web.Response(text="cookies\n")
+    response.headers.add("Set-Cookie", "a=1; Path=/")
+    response.headers.add("Set-Cookie", "b=2; Path=/; HttpOnly")
+    response.headers.add("Set-Cookie", "c=3; Path=/; SameSite=Lax")
+    response.headers.add("X-Repeated", "one")
+    response.headers.add("X-Repeated", "two")
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    code = int(request.match_info["code"])
+    if code in (204, 304):
+        return web.Response(status=code)
+    return web.Response(status=code, text=f"status {code}\n")
+
+
+async def gzipped(request: web.Request) -> web.Response:
+    return web.Response(
+        body=GZIP_BODY, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+    )
+
+
+async def file(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(request.app[FILE_KEY])
+
+
+def make_app() -> web.Application:
+    app = web.Application(client_max_size=1 << 40)
+    app[STATS_KEY] = {"held": 0, "cancelled": 0}
+    path = Path(tempfile.mkdtemp(prefix="origin-")) / "data.bin"
+    path.write_bytes(pattern_bytes(1 << 20))
+    app[FILE_KEY] = path
+    app.router.add_get("/", index)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/echo/{tail:.*}", echo)
+    app.router.add_get("/bytes/{n}", fixed_bytes)
+    app.router.add_get("/chunked/{n}", chunked_bytes)
+    app.router.add_post("/upload", echo)
+    app.router.add_get("/sse", sse)
+    app.router.add_get("/ws", ws_echo)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/hold", hold)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/cookies", cookies)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/file", file)
+    return app
+
+
+async def serve(port: int, ready_file: Path | None) -> None:
+    runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": bound, "pid": os.getpid()}))
+        tmp.replace(ready_file)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ready-file", type=Path)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.port, args.ready_file))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The Python API: ``share(7860)`` from sync code, ``await async_share(7860)`` from async.
+
+Both read defaults (relay, token, CA file) from the same ``TUNNEL_*`` variables and
+config file as the ``tunnel`` command; arguments win over both.
+
+    >>> from tunnel_client import share
+    >>> with share(7860) as link:
+    ...     print(link.url)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+from .client import ClientEvent, Link, TunnelClient
+from .config import ClientConfig, load_defaults
+from .protocol.units import parse_duration
+
+__all__ = ["AsyncShare", "Share", "async_share", "build_config", "share"]
+
+
+def build_config(
+    port: int,
+    *,
+    relay: str | None = None,
+    token: str | None = None,
+    local_host: str | None = None,
+    ttl: float | str | None = None,
+    basic_auth: str | None = None,
+    ca_file: str | Path | None = None,
+    use_environment: bool = True,
+) -> ClientConfig:
+    """A :class:`ClientConfig` from arguments, falling back to env vars and the config file."""
+    defaults: dict[str, Any] = load_defaults() if use_environment else {}
+    ttl_s = parse_duration(ttl) if isinstance(ttl, str) else ttl
+    ca = ca_file if ca_file is not None else defaults.get("ca_file")
+    return ClientConfig(
+        port=port,
+        relay=relay if relay is not None else defaults.get("relay"),
+        token=token if token is not None else defaults.get("token"),
+        local_host=local_host or defaults.get("local_host") or "127.0.0.1",
+        ttl_s=ttl_s,
+        visitor_auth=basic_auth,
+        ca_file=Path(ca) if ca else None,
+    )
+
+
+class AsyncShare:
+    """A link served by a task in the running event loop.
+
+    ``await async_share(7860)`` starts it; ``async with async_share(7860) as s`` also
+    closes it on exit.
+    """
+
+    def __init__(
+        self, config: ClientConfig, on_event: Callable[[ClientEvent], None] | None = None
+    ) -> None:
+        self.config = config
+        self._on_event = on_event
+        self._client: TunnelClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.link: Link | None = None
+
+    @property
+    def url(self) -> str:
+        """The public link."""
+        if self.link is None:
+            raise RuntimeError("the share has not started")
+        return self.link.url
+
+    @property
+    def expires_at(self) -> datetime.datetime:
+        """When the link expires (UTC)."""
+        if self.link is None:
+            raise RuntimeError("the share has not started")
+        return datetime.datetime.fromtimestamp(self.link.expires_at, datetime.UTC)
+
+    async def start(self) -> AsyncShare:
+        """Connect and wait for the link; raises why it could not be made."""
+        self._client = TunnelClient(self.config, on_event=self._on_event)
+        self._task = asyncio.create_task(self._client.run())
+        try:
+            self.link = await self._client.wait_ready()
+        except BaseException:
+            await asyncio.gather(self._task, return_exceptions=True)
+            raise
+        return self
+
+    def __await__(self) -> Generator[Any, None, AsyncShare]:
+        return self.start().__await__()
+
+    async def aclose(self) -> None:
+        """Free the link and stop serving it."""
+        if self._client is not None and self._task is not None:
+            self._client.stop()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def __aenter__(self) -> AsyncShare:
+        return self if self.link is not None else await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def wait_closed(self) -> None:
+        """Wait until the link ends (expiry, or a refusal from the relay)."""
+        if self._task is not None:
+            await self._task
+
+
+def async_share(
+    port: int, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
+) -> AsyncShare:
+    """Share a local port from async code (see :func:`build_config` for options)."""
+    return AsyncShare(build_config(port, **options), on_event)
+
+
+class Share:
+    """A link served from a background thread; use :func:`share` to make one."""
+
+    def __init__(
+        self, config: ClientConfig, on_event: Callable[[ClientEvent], None] | None = None
+    ) -> None:
+        self._async = AsyncShare(config, on_event)
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="sharetunnel", daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            _ = self._loop.run_until_complete(self._async.start())
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            self._loop.close()
+            return
+        self._started.set()
+        assert self._async._task is not None
+        self._loop.run_until_complete(asyncio.gather(self._async._task, return_exceptions=True))
+        self._loop.close()
+
+    def start(self) -> Share:
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def link(self) -> Link:
+        assert self._async.link is not None
+        return self._async.link
+
+    @property
+    def url(self) -> str:
+        """The public link."""
+        return self._async.url
+
+    @property
+    def expires_at(self) -> datetime.datetime:
+        """When the link expires (UTC)."""
+        return self._async.expires_at
+
+    @property
+    def alive(self) -> bool:
+        """True while the link is being served."""
+        return self._thread.is_alive()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Free the link and stop the background thread."""
+        if self._thread.is_alive() and not self._loop.is_closed():
+            client = self._async._client
+            if client is not None:
+                self._loop.call_soon_threadsafe(client.stop)
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> Share:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Share {self._async.link.url if self._async.link else '(starting)'}>"
+
+
+def share(
+    port: int, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
+) -> Share:
+    """Share a local port from sync code; returns once the link answers.
+
+    Options: ``relay``, ``token``, ``local_host``, ``ttl`` (seconds or "2h"),
+    ``basic_auth`` ("user:pass"), ``ca_file``. Close it with ``.close()`` or a ``with``.
+    """
+    return Share(build_config(port, **options), on_event).start()

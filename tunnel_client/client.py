@@ -1,0 +1,270 @@
+"""The tunnel client: get a link, serve it, and keep it through network drops.
+
+:class:`TunnelClient` connects to the relay (or starts an embedded one), serves every
+stream through a :class:`~.forwarder.Forwarder`, and when the connection drops it
+reconnects with backoff, presenting its lease so the link stays the same, until the
+link expires. Everything worth showing a user is reported as an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import ClientConfig, relay_ws_url
+from .connection import (
+    LinkExpired,
+    RelayRefused,
+    RelayTarget,
+    RelayUnavailable,
+    open_tunnel,
+)
+from .forwarder import Forwarder, RequestRecord
+from .protocol.aio import Session
+from .protocol.errors import GoAwayCode
+from .protocol.handshake import Hello
+from .protocol.mux import Mux, Role
+
+__all__ = [
+    "ClientEvent",
+    "Closed",
+    "Expired",
+    "Link",
+    "LocalStatus",
+    "Ready",
+    "Reconnected",
+    "Reconnecting",
+    "TunnelClient",
+]
+
+AGENT = "sharetunnel-python/0.1"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A public link and what we know about it."""
+
+    url: str
+    subdomain: str
+    expires_at: float
+    """Unix time."""
+    local_only: bool
+    """True for links of the embedded relay: they work on this machine only."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The link answers visitors."""
+
+    link: Link
+
+
+@dataclass(frozen=True)
+class LocalStatus:
+    """Whether anything listens on the local port (checked at start)."""
+
+    listening: bool
+    target: str
+
+
+@dataclass(frozen=True)
+class Reconnecting:
+    """The connection to the relay dropped; the next attempt starts after ``delay_s``."""
+
+    reason: str
+    delay_s: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Reconnected:
+    """Back online with the same link."""
+
+    link: Link
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Expired:
+    """The link reached its expiry; the client stops."""
+
+    link: Link
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The client stopped (asked to, or the relay ended the link)."""
+
+    reason: str
+
+
+ClientEvent = Ready | LocalStatus | Reconnecting | Reconnected | Expired | Closed | RequestRecord
+
+
+def backoff_delay(attempt: int, *, cap_s: float) -> float:
+    """0.25 s, 0.4 s, 0.65 s ... growing by the golden ratio up to ``cap_s``, with jitter."""
+    base = min(cap_s, 0.25 * 1.618 ** (attempt - 1))
+    return base * random.uniform(0.8, 1.2)  # noqa: S311  (jitter, not secrecy)
+
+
+async def local_port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+class TunnelClient:
+    """Runs one link until it expires or :meth:`stop` is called."""
+
+    def __init__(
+        self, config: ClientConfig, *, on_event: Callable[[ClientEvent], None] | None = None
+    ) -> None:
+        self.config = config
+        self.on_event = on_event or (lambda event: None)
+        self.link: Link | None = None
+        self._ready: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
+        self._stopping = asyncio.Event()
+        self._session: Session | None = None
+        self._secret = secrets.token_urlsafe(32)
+
+    async def wait_ready(self) -> Link:
+        """The link, once the relay gave it; raises what made the first connect fail."""
+        return await asyncio.shield(self._ready)
+
+    def stop(self) -> None:
+        """Free the link now (GOAWAY NORMAL) and make :meth:`run` return."""
+        self._stopping.set()
+        if self._session is not None:
+            self._session.close(GoAwayCode.NORMAL, "the owner stopped sharing")
+
+    async def run(self) -> None:
+        """Serve the link. Raises what ends it abnormally (refusals, a first connect failure)."""
+        try:
+            await self._run()
+        except BaseException as exc:
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+                self._ready.exception()
+            raise
+
+    async def _run(self) -> None:
+        config = self.config
+        async with contextlib.AsyncExitStack() as stack:
+            local_only = config.relay is None
+            if local_only:
+                from .embedded import start_local_relay
+
+                relay = await start_local_relay(
+                    ttl_s=config.ttl_s, response_timeout_s=config.response_timeout_s
+                )
+                stack.push_async_callback(relay.shutdown, 0)
+                target = RelayTarget(f"ws://127.0.0.1:{relay.port}/_tunnel")
+            else:
+                assert config.relay is not None
+                target = RelayTarget(relay_ws_url(config.relay), config.ca_file)
+            forwarder = await stack.enter_async_context(
+                Forwarder(config.local_host, config.port, on_request=self.on_event)
+            )
+            self.on_event(
+                LocalStatus(
+                    await local_port_open(config.local_host, config.port), config.local_label
+                )
+            )
+            await self._serve(target, forwarder, local_only)
+
+    async def _serve(self, target: RelayTarget, forwarder: Forwarder, local_only: bool) -> None:
+        config = self.config
+        lease: str | None = None
+        attempt = 0
+        while not self._stopping.is_set():
+            hello = Hello(
+                window=config.stream_window,
+                max_streams=config.max_streams,
+                client_secret=self._secret,
+                token=config.token,
+                lease=lease,
+                visitor_auth=config.visitor_auth,
+                ttl_s=None if config.ttl_s is None else max(1, round(config.ttl_s)),
+                agent=AGENT,
+            )
+            try:
+                transport, welcome = await open_tunnel(
+                    target, hello, timeout_s=config.connect_timeout_s, agent=AGENT
+                )
+            except LinkExpired:
+                if self.link is None:
+                    raise
+                self.on_event(Expired(self.link))
+                return
+            except (RelayUnavailable, RelayRefused) as exc:
+                retryable = exc.retryable if isinstance(exc, RelayRefused) else True
+                if self.link is None or not retryable:
+                    raise  # the first connection fails fast, with the reason
+                if time.time() >= self.link.expires_at:
+                    self.on_event(Expired(self.link))
+                    return
+                attempt += 1
+                delay = backoff_delay(attempt, cap_s=config.reconnect_max_delay_s)
+                self.on_event(Reconnecting(str(exc), delay, attempt))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            lease = welcome.lease
+            link = Link(welcome.url, welcome.subdomain, welcome.expires_at, local_only)
+            mux = Mux(
+                Role.CLIENT,
+                window=config.stream_window,
+                peer_window=welcome.window,
+                max_streams=config.max_streams,
+            )
+            session = Session(
+                transport,
+                mux,
+                on_stream=forwarder.serve,
+                keepalive_s=welcome.keepalive_s,
+                keepalive_timeout_s=welcome.keepalive_s * 3,
+            )
+            self._session = session
+            if self._stopping.is_set():
+                session.close(GoAwayCode.NORMAL, "the owner stopped sharing")
+            if self.link is None:
+                self.link = link
+                self._ready.set_result(link)
+                self.on_event(Ready(link))
+            else:
+                self.link = link
+                self.on_event(Reconnected(link, attempt))
+            attempt = 0
+            ended = await session.run()
+            self._session = None
+            if self._stopping.is_set():
+                break
+            if ended.code is GoAwayCode.EXPIRED:
+                self.on_event(Expired(link))
+                return
+            if ended.by_peer and ended.code in (
+                GoAwayCode.AUTH_FAILED,
+                GoAwayCode.VERSION_MISMATCH,
+                GoAwayCode.BAD_REQUEST,
+                GoAwayCode.REPLACED,
+                GoAwayCode.NORMAL,
+            ):
+                raise RelayRefused(ended.code, ended.reason or "the relay closed the link")
+            # A drop, a relay restart, a keepalive timeout: come back with the lease.
+            attempt = 1
+            delay = backoff_delay(attempt, cap_s=config.reconnect_max_delay_s)
+            self.on_event(Reconnecting(ended.reason or ended.code.name.lower(), delay, attempt))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        self.on_event(Closed("stopped"))

@@ -1,0 +1,151 @@
+"""The client's settings: one frozen dataclass, plus where defaults come from.
+
+A setting has one name everywhere: ``relay`` = ``--relay`` = ``TUNNEL_RELAY`` = the
+``relay`` key of the config file (``~/.config/sharetunnel/client.toml`` or
+``$TUNNEL_CONFIG``). Flags win over the environment, which wins over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .protocol.errors import ConfigError
+from .protocol.mux import DEFAULT_WINDOW
+from .protocol.window import MAX_WINDOW, MIN_WINDOW
+
+__all__ = ["FILE_KEYS", "ClientConfig", "default_config_path", "load_defaults", "relay_ws_url"]
+
+FILE_KEYS = frozenset(
+    {"relay", "token", "local_host", "ca_file", "stream_window", "ttl", "response_timeout"}
+)
+"""Keys the client config file may hold."""
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``$TUNNEL_CONFIG``, else ``$XDG_CONFIG_HOME/sharetunnel/client.toml``."""
+    env = os.environ if environ is None else environ
+    if env.get("TUNNEL_CONFIG"):
+        return Path(env["TUNNEL_CONFIG"])
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "sharetunnel" / "client.toml"
+
+
+def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
+    """The settings in a client TOML file; unknown keys are errors."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError([f"config file {path} does not exist"]) from None
+        return {}
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+    unknown = sorted(set(data) - FILE_KEYS)
+    if unknown:
+        raise ConfigError(
+            [f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(FILE_KEYS))})"]
+        )
+    return data
+
+
+def load_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Settings from the config file overlaid with ``TUNNEL_*`` variables (for the API)."""
+    env = os.environ if environ is None else environ
+    path = default_config_path(env)
+    values = read_config_file(path, required=bool(env.get("TUNNEL_CONFIG")))
+    for key in ("relay", "token", "local_host", "ca_file"):
+        if env.get(f"TUNNEL_{key.upper()}"):
+            values[key] = env[f"TUNNEL_{key.upper()}"]
+    return values
+
+
+def relay_ws_url(relay: str) -> str:
+    """The WebSocket URL of a relay given as ``ws(s)://`` or ``http(s)://`` base URL.
+
+    Raises:
+        ConfigError: for any other scheme, or no host.
+    """
+    text = relay.strip()
+    if "://" not in text:
+        text = "wss://" + text  # "share.example.com" means the public relay there
+    parts = urlsplit(text)
+    schemes = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+    if parts.scheme.lower() not in schemes:
+        raise ConfigError(
+            [f"relay URL {relay!r} must start with ws://, wss://, http:// or https://"]
+        )
+    if not parts.hostname:
+        raise ConfigError([f"relay URL {relay!r} has no host"])
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise ConfigError([f"relay URL {relay!r} has an invalid port"]) from None
+    path = parts.path.rstrip("/")
+    if not path.endswith("/_tunnel"):
+        path += "/_tunnel"
+    return urlunsplit((schemes[parts.scheme.lower()], parts.netloc, path, parts.query, ""))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Everything one tunnel needs; ``relay=None`` means an embedded local relay."""
+
+    port: int
+    """The local port to share."""
+    relay: str | None = None
+    local_host: str = "127.0.0.1"
+    token: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    """Trust this CA (or self-signed certificate) for a wss:// relay, besides the system's."""
+    ttl_s: float | None = None
+    """Ask for a shorter link lifetime than the relay's."""
+    visitor_auth: str | None = field(default=None, repr=False)
+    """``user:password`` visitors must give."""
+    stream_window: int = DEFAULT_WINDOW
+    max_streams: int = 1024
+    connect_timeout_s: float = 10.0
+    response_timeout_s: float | None = None
+    """(embedded relay) time the local server has to start a response."""
+    reconnect_max_delay_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.port <= 65535:
+            problems.append(f"port {self.port} is not in 1..65535")
+        if self.relay is not None:
+            try:
+                relay_ws_url(self.relay)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if not self.local_host or any(c in self.local_host for c in "/ @?#"):
+            problems.append(f"local host {self.local_host!r} is not a host name or address")
+        if not MIN_WINDOW <= self.stream_window <= MAX_WINDOW:
+            problems.append(f"stream window must be in {MIN_WINDOW}..{MAX_WINDOW} bytes")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            problems.append(f"CA file {self.ca_file} does not exist")
+        if self.visitor_auth is not None and ":" not in self.visitor_auth:
+            problems.append("basic auth must be given as user:password")
+        if self.ttl_s is not None and self.ttl_s < 1:
+            problems.append("ttl must be at least 1 s")
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def local_url(self) -> str:
+        host = f"[{self.local_host}]" if ":" in self.local_host else self.local_host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def local_label(self) -> str:
+        """How error messages name the local server: ``127.0.0.1:7860``."""
+        return self.local_url.removeprefix("http://")

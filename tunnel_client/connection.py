@@ -1,0 +1,168 @@
+"""One connection to a relay: open the WebSocket, say HELLO, get the link (or a refusal).
+
+Errors are sorted by what the caller should do about them: :class:`RelayUnavailable`
+is worth retrying; :class:`AuthRejected`, :class:`LinkExpired` and
+:class:`RelayRefused` are not (the same HELLO would get the same answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from .protocol.errors import GoAwayCode, RemoteProtocolError, TunnelError
+from .protocol.frames import MAX_MESSAGE_BYTES, FrameType, decode_frames
+from .protocol.handshake import Hello, Welcome
+
+__all__ = [
+    "AuthRejected",
+    "LinkExpired",
+    "RelayRefused",
+    "RelayUnavailable",
+    "WebSocketTransport",
+    "open_tunnel",
+]
+
+
+class RelayUnavailable(TunnelError):
+    """The relay could not be reached or dropped us; trying again may work."""
+
+
+class RelayRefused(TunnelError):
+    """The relay answered the HELLO with GOAWAY; :attr:`code` says why."""
+
+    def __init__(self, code: GoAwayCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        """A relay that is shutting down or busy may take us later (or another node may)."""
+        return self.code in (GoAwayCode.SHUTDOWN, GoAwayCode.INTERNAL_ERROR)
+
+
+class AuthRejected(RelayRefused):
+    """The token, or the lease, was refused: retrying with it cannot help."""
+
+
+class LinkExpired(RelayRefused):
+    """The link's lease has expired; the link is gone for good."""
+
+
+class WebSocketTransport:
+    """Adapts a ``websockets`` client connection to the protocol's MessageTransport."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, message: bytes) -> None:
+        await self.ws.send(message)
+
+    async def recv(self) -> bytes | None:
+        try:
+            message = await self.ws.recv()
+        except websockets.ConnectionClosed:
+            return None
+        return message if isinstance(message, bytes) else None
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 2)
+
+
+@dataclass(frozen=True)
+class RelayTarget:
+    """Where and how to reach a relay."""
+
+    url: str
+    """The ``ws(s)://.../_tunnel`` URL."""
+    ca_file: Path | None = None
+
+
+def _ssl_context(target: RelayTarget) -> ssl.SSLContext | None:
+    if not target.url.startswith("wss://"):
+        return None
+    context = ssl.create_default_context()
+    if target.ca_file is not None:
+        context.load_verify_locations(target.ca_file)
+    return context
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its TLS certificate is not trusted ({exc.verify_message}); pass --ca-file"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, websockets.InvalidStatus):
+        return f"it answered HTTP {exc.response.status_code} instead of a WebSocket"
+    return str(exc) or type(exc).__name__
+
+
+async def open_tunnel(
+    target: RelayTarget, hello: Hello, *, timeout_s: float, agent: str = "sharetunnel-python"
+) -> tuple[WebSocketTransport, Welcome]:
+    """Connect, send HELLO, and return the transport with the relay's WELCOME.
+
+    Raises:
+        RelayUnavailable: the relay cannot be reached, or the handshake broke off.
+        AuthRejected, LinkExpired, RelayRefused: the relay said no.
+    """
+    try:
+        ws = await websockets.connect(
+            target.url,
+            ssl=_ssl_context(target),
+            open_timeout=timeout_s,
+            ping_interval=None,  # the protocol's own PING keeps both sides honest
+            compression=None,
+            max_size=MAX_MESSAGE_BYTES + 1024,
+            write_limit=256 * 1024,
+            user_agent_header=agent,
+        )
+    except (TimeoutError, OSError, websockets.InvalidHandshake, ssl.SSLError) as exc:
+        raise RelayUnavailable(
+            f"cannot reach the relay at {target.url}: {_describe(exc)}"
+        ) from None
+    transport = WebSocketTransport(ws)
+    try:
+        await ws.send(hello.encode())
+        message = await asyncio.wait_for(transport.recv(), timeout_s)
+    except (TimeoutError, websockets.ConnectionClosed, OSError) as exc:
+        await transport.close()
+        raise RelayUnavailable(
+            f"the relay did not answer the handshake: {_describe(exc)}"
+        ) from None
+    if message is None:
+        await transport.close()
+        raise RelayUnavailable("the relay closed the connection during the handshake")
+    try:
+        frames = decode_frames(message)
+        frame = frames[0]
+        if frame.type is FrameType.GOAWAY:
+            code = GoAwayCode(int.from_bytes(frame.payload[:4], "big"))
+            reason = frame.payload[4:].decode("utf-8", "replace")
+            await transport.close()
+            if code is GoAwayCode.AUTH_FAILED:
+                raise AuthRejected(code, reason)
+            if code is GoAwayCode.EXPIRED:
+                raise LinkExpired(code, reason)
+            raise RelayRefused(code, reason)
+        if frame.type is not FrameType.WELCOME or len(frames) != 1:
+            raise RemoteProtocolError("the relay's first message must be one WELCOME frame")
+        welcome = Welcome.decode(frame.payload)
+    except (RemoteProtocolError, ValueError) as exc:
+        await transport.close()
+        raise RelayRefused(
+            GoAwayCode.PROTOCOL_ERROR, f"the relay broke the protocol: {exc}"
+        ) from None
+    return transport, welcome

@@ -1,0 +1,572 @@
+"""The asyncio driver of the protocol: a :class:`Session` of :class:`Stream` objects.
+
+Both sides run the same driver over a :class:`MessageTransport`: the relay wraps an
+aiohttp WebSocket, the client a ``websockets`` connection. This module imports neither.
+
+Three tasks run per session:
+
+* the **read loop** feeds each transport message to the :class:`~.mux.Mux` and
+  dispatches its events. It never awaits a stream's consumer: received bytes go to the
+  stream's buffer, which the flow-control window bounds, so one slow stream cannot block
+  the others (no head-of-line blocking).
+* the **write loop** sends what the mux queued. Writers wait for it only when more than
+  :data:`HIGH_WATER_BYTES` is queued, so TCP backpressure reaches them without stalling
+  the read loop (which only ever queues small control frames).
+* the **keepalive loop** PINGs a quiet session and ends one that stays silent longer
+  than the keepalive timeout (a half-open connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import GoAwayCode, InvalidState, ResetCode, SessionClosed, StreamReset
+from .events import (
+    CloseReceived,
+    DataReceived,
+    Event,
+    MessageReceived,
+    PingAcknowledged,
+    ReplyReceived,
+    ResetReceived,
+    SessionEnded,
+    StreamOpened,
+    WindowOpened,
+)
+from .heads import RequestHead, ResponseHead
+from .mux import Bytes, Mux
+
+__all__ = [
+    "HIGH_WATER_BYTES",
+    "MessageTransport",
+    "Session",
+    "Stream",
+    "WebSocketClosed",
+    "WebSocketMessage",
+]
+
+HIGH_WATER_BYTES = 1 << 20
+"""Writers pause while more than 1 MiB waits to be sent on the transport."""
+
+LOW_WATER_BYTES = 256 * 1024
+DEFAULT_MAX_WS_MESSAGE = 16 << 20
+CLOSE_GRACE_S = 5.0
+
+logger = logging.getLogger(__name__)
+
+
+class MessageTransport(Protocol):
+    """A message-oriented, ordered, reliable connection (a binary WebSocket)."""
+
+    async def send(self, message: bytes) -> None:
+        """Send one binary message; may wait while the connection is congested."""
+
+    async def recv(self) -> bytes | None:
+        """The next binary message, or None once the connection is closed."""
+
+    async def close(self) -> None:
+        """Close the connection; must not raise."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketMessage:
+    """One whole WebSocket message relayed on an upgraded stream."""
+
+    data: bytes
+    text: bool
+    unacknowledged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketClosed:
+    """The peer's side of a relayed WebSocket closed."""
+
+    code: int
+    reason: str
+
+
+class Stream:
+    """One request/response exchange (or one relayed WebSocket) within a session."""
+
+    def __init__(self, session: Session, stream_id: int, request: RequestHead | None) -> None:
+        self._session = session
+        self._mux = session.mux
+        self.id = stream_id
+        self.request = request
+        """(client) The request head the relay sent."""
+        self._chunks: deque[bytes] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._eof = False
+        self._error: StreamReset | SessionClosed | None = None
+        self._write_error: StreamReset | SessionClosed | None = None
+        self._reply: asyncio.Future[tuple[ResponseHead, bool]] | None = None
+        self._messages: deque[WebSocketMessage | WebSocketClosed] = deque()
+        self._partial: list[bytes] = []
+        self._partial_size = 0
+        self._partial_unacked = 0
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.id}>"
+
+    @property
+    def live(self) -> bool:
+        """True until the stream ended in both directions or was reset."""
+        return self._mux.is_live(self.id)
+
+    @property
+    def writable(self) -> bool:
+        """True while our direction of the stream may still carry data."""
+        return self._write_error is None and self._mux.can_send(self.id)
+
+    @property
+    def error(self) -> StreamReset | SessionClosed | None:
+        """Why the stream ended abnormally, if it did."""
+        return self._error or self._write_error
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """The next chunk of the peer's body; ``b""`` once it ended.
+
+        Raises:
+            StreamReset: if the stream was reset.
+            SessionClosed: if the session ended first.
+        """
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = self._chunks.popleft()
+        self._session.acknowledge(self.id, len(chunk))
+        return chunk
+
+    async def response(self) -> tuple[ResponseHead, bool]:
+        """(relay) Wait for the client's response head; returns ``(head, ended)``."""
+        if self._reply is None:
+            raise InvalidState("only a stream the relay opened has a response")
+        return await asyncio.shield(self._reply)
+
+    async def receive_message(self) -> WebSocketMessage | WebSocketClosed:
+        """The next whole WebSocket message of an upgraded stream, or its close."""
+        while not self._messages:
+            if self._error is not None:
+                raise self._error
+            self._readable.clear()
+            await self._readable.wait()
+        item = self._messages[0]
+        if isinstance(item, WebSocketClosed):
+            return item
+        self._messages.popleft()
+        acked = item.unacknowledged
+        if not self._messages:
+            acked += self._partial_unacked
+            self._partial_unacked = 0
+        self._session.acknowledge(self.id, acked)
+        return item
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._write_error is not None:
+            raise self._write_error
+
+    async def _await_credit(self) -> None:
+        self._writable.clear()
+        if self._mux.credit(self.id) == 0:
+            await self._writable.wait()
+            self._check_usable()
+
+    async def write(self, data: Bytes) -> None:
+        """Send body bytes, waiting for credit (backpressure) as needed."""
+        view = memoryview(data)
+        while True:
+            self._check_usable()
+            taken = self._mux.send_data(self.id, view)
+            self._session.flush()
+            view = view[taken:]
+            if not view:
+                break
+            await self._await_credit()
+        await self._session.wait_writable()
+
+    async def end(self) -> None:
+        """End our direction of the stream (FIN)."""
+        self._check_usable()
+        self._mux.send_data(self.id, b"", end_stream=True)
+        self._session.flush()
+        self._session.forget_if_done(self.id)
+
+    def reply(self, head: ResponseHead, *, end_stream: bool = False) -> None:
+        """(client) Send the response head."""
+        self._check_usable()
+        self._mux.send_reply(self.id, head, end_stream=end_stream)
+        self._session.flush()
+        self._session.forget_if_done(self.id)
+
+    async def send_message(self, data: Bytes, *, text: bool) -> None:
+        """Relay one whole WebSocket message, fragmenting it as credit allows."""
+        view = memoryview(data)
+        while True:
+            self._check_usable()
+            taken = self._mux.send_message_part(self.id, view, text=text, final=True)
+            self._session.flush()
+            view = view[taken:]
+            if not view:
+                break
+            await self._await_credit()
+        await self._session.wait_writable()
+
+    def send_close(self, code: int, reason: str = "") -> None:
+        """End our direction of an upgraded stream with a WebSocket close code."""
+        self._check_usable()
+        self._mux.send_close(self.id, code, reason)
+        self._session.flush()
+        self._session.forget_if_done(self.id)
+
+    def reset(self, code: ResetCode = ResetCode.CANCEL, reason: str = "") -> None:
+        """Abort the stream in both directions; later reads and writes raise StreamReset."""
+        if self._write_error is not None:
+            return
+        self._mux.reset_stream(self.id, code, reason)
+        self._session.flush()
+        self._fail(StreamReset(code, reason or "reset by this side"))
+        self._session.forget(self.id)
+
+    # -- called by the session ----------------------------------------------------------
+
+    def _fail(self, error: StreamReset | SessionClosed) -> None:
+        if self._write_error is None:
+            self._write_error = error
+        # A peer that already sent its whole body may reset only to say it wants no more
+        # of ours: what it sent stays readable.
+        if not self._eof and self._error is None:
+            self._error = error
+            self._chunks.clear()
+        self._readable.set()
+        self._writable.set()
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(error)
+            self._reply.exception()  # nobody may be waiting: don't warn
+
+    def _on_data(self, data: bytes, end: bool) -> None:
+        if data:
+            self._chunks.append(data)
+        if end:
+            self._eof = True
+        self._readable.set()
+
+    def _on_message(self, event: MessageReceived, max_size: int) -> None:
+        self._partial.append(event.data)
+        self._partial_size += len(event.data)
+        if self._partial_size > max_size:
+            self.reset(ResetCode.TOO_LARGE, f"WebSocket message over {max_size} bytes")
+            return
+        if not event.final:
+            # Grant credit for fragments right away while the application keeps up, so a
+            # message larger than the window can complete; when whole messages are
+            # waiting, hold the credit back until they are taken.
+            if self._messages:
+                self._partial_unacked += len(event.data)
+            else:
+                self._session.acknowledge(self.id, len(event.data))
+            return
+        data = b"".join(self._partial)
+        self._partial.clear()
+        self._partial_size = 0
+        unacked = self._partial_unacked + len(event.data)
+        self._partial_unacked = 0
+        self._messages.append(WebSocketMessage(data, event.text, unacked))
+        self._readable.set()
+
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+class Session:
+    """Drive a :class:`~.mux.Mux` over a :class:`MessageTransport`.
+
+    Args:
+        transport: the connection, after the handshake.
+        mux: the session's multiplexer.
+        on_stream: (client) called in a new task for each stream the relay opens; the
+            task is cancelled if the relay resets the stream or the session ends.
+        keepalive_s: PING after this long without receiving anything.
+        keepalive_timeout_s: end the session after this long without receiving anything.
+    """
+
+    def __init__(
+        self,
+        transport: MessageTransport,
+        mux: Mux,
+        *,
+        on_stream: StreamHandler | None = None,
+        keepalive_s: float = 20.0,
+        keepalive_timeout_s: float | None = None,
+        max_ws_message: int = DEFAULT_MAX_WS_MESSAGE,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.mux = mux
+        self._on_stream = on_stream
+        self.keepalive_s = keepalive_s
+        self.keepalive_timeout_s = keepalive_timeout_s or keepalive_s * 2.5
+        self.max_ws_message = max_ws_message
+        self.log = log or logger
+        self._streams: dict[int, Stream] = {}
+        self._handlers: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._in_flight = 0
+        self._loop = asyncio.get_running_loop()
+        self._last_received = self._loop.time()
+        self.ended: SessionEnded | None = None
+        """How the session ended, once it has."""
+        self.connection_lost = False
+        """True when the transport closed without a GOAWAY (a network drop)."""
+        self.rtt_s: float | None = None
+        self._ping_sent_at: dict[bytes, float] = {}
+        self._finished = asyncio.Event()
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def open_streams(self) -> int:
+        """How many streams are live."""
+        return self.mux.open_streams
+
+    def open_stream(self, head: RequestHead, *, end_stream: bool = False) -> Stream:
+        """(relay) Open a stream for one public request."""
+        self._check_running()
+        stream_id = self.mux.open_stream(head, end_stream=end_stream)
+        stream = Stream(self, stream_id, None)
+        stream._reply = self._loop.create_future()
+        self._streams[stream_id] = stream
+        self.flush()
+        return stream
+
+    def close(self, code: GoAwayCode = GoAwayCode.NORMAL, reason: str = "") -> None:
+        """End the session with GOAWAY; :meth:`run` returns once it is sent (or soon)."""
+        if self.ended is not None:
+            return
+        self.mux.close(code, reason)
+        self._finish(SessionEnded(code, reason, by_peer=False))
+
+    async def wait_closed(self) -> SessionEnded:
+        """Wait until :meth:`run` has finished."""
+        await self._finished.wait()
+        assert self.ended is not None
+        return self.ended
+
+    async def run(self) -> SessionEnded:
+        """Run the session until it ends; return how it ended. Closes the transport."""
+        writer = asyncio.create_task(self._write_loop())
+        keepalive = asyncio.create_task(self._keepalive_loop())
+        try:
+            await self._read_loop()
+        finally:
+            if self.ended is None:
+                self.connection_lost = True
+                self._finish(SessionEnded(GoAwayCode.INTERNAL_ERROR, "connection lost", False))
+            keepalive.cancel()
+            self.flush()
+            # Give the write loop a moment to send a final GOAWAY, then cut the cord.
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(writer), CLOSE_GRACE_S)
+            writer.cancel()
+            await asyncio.gather(writer, keepalive, return_exceptions=True)
+            await self.transport.close()
+            handlers = list(self._handlers.values())
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+            self._finished.set()
+        assert self.ended is not None
+        return self.ended
+
+    # -- plumbing used by streams -------------------------------------------------------
+
+    def flush(self) -> None:
+        """Wake the write loop."""
+        self._wake.set()
+
+    async def wait_writable(self) -> None:
+        """Wait while too many bytes are queued for the transport."""
+        while self.mux.pending_bytes + self._in_flight > HIGH_WATER_BYTES:
+            self._check_running()
+            self._drained.clear()
+            await self._drained.wait()
+
+    def acknowledge(self, stream_id: int, n: int) -> None:
+        """A stream's consumer took ``n`` bytes: maybe grant the peer more credit."""
+        if n and self.ended is None:
+            self.mux.acknowledge(stream_id, n)
+            if self.mux.pending_bytes:
+                self.flush()
+
+    def forget_if_done(self, stream_id: int) -> None:
+        """Drop the stream from the dispatch table once the mux has forgotten it."""
+        if not self.mux.is_live(stream_id):
+            self._streams.pop(stream_id, None)
+
+    def forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def _check_running(self) -> None:
+        if self.ended is not None:
+            raise SessionClosed(self.ended.code, self.ended.reason)
+
+    def _finish(self, event: SessionEnded) -> None:
+        if self.ended is not None:
+            return
+        self.ended = event
+        error = SessionClosed(event.code, event.reason)
+        for stream in self._streams.values():
+            stream._fail(error)
+        self._streams.clear()
+        self._drained.set()
+        self.flush()
+
+    # -- loops --------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while self.ended is None:
+            try:
+                message = await self.transport.recv()
+            except Exception as exc:  # a transport should return None; be safe anyway
+                self.log.debug("transport receive failed: %r", exc)
+                return
+            if message is None:
+                return
+            self._last_received = self._loop.time()
+            self.mux.receive_message(message)
+            touched = set()
+            for event in self.mux.events_received():
+                self._dispatch(event)
+                touched.add(getattr(event, "stream_id", 0))
+            # Only now, after every event of the message reached its stream, drop the
+            # streams the mux has finished with.
+            for stream_id in touched:
+                self.forget_if_done(stream_id)
+            if self.mux.pending_bytes:
+                self.flush()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            messages = self.mux.data_to_send()
+            self._in_flight = sum(map(len, messages))
+            for message in messages:
+                try:
+                    await self.transport.send(message)
+                except Exception as exc:
+                    self.log.debug("transport send failed: %r", exc)
+                    self.connection_lost = self.ended is None
+                    self._finish(SessionEnded(GoAwayCode.INTERNAL_ERROR, "connection lost", False))
+                    await self.transport.close()
+                    return
+                self._in_flight -= len(message)
+            if self.mux.pending_bytes < LOW_WATER_BYTES:
+                self._drained.set()
+            if self.ended is not None and not self.mux.pending_bytes:
+                # Everything, including a final GOAWAY, is out: closing the transport
+                # also ends the read loop's wait.
+                await self.transport.close()
+                return
+
+    async def _keepalive_loop(self) -> None:
+        interval = self.keepalive_s
+        while self.ended is None:
+            await asyncio.sleep(interval / 2)
+            silent = self._loop.time() - self._last_received
+            if silent > self.keepalive_timeout_s:
+                self.log.warning("no sign of life from the peer for %.1f s: closing", silent)
+                self.close(GoAwayCode.KEEPALIVE_TIMEOUT, f"nothing received for {silent:.0f} s")
+                await self.transport.close()
+                return
+            if silent >= interval and self.ended is None:
+                payload = os.urandom(8)
+                self._ping_sent_at = {payload: self._loop.time()}
+                self.mux.ping(payload)
+                self.flush()
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case DataReceived(stream_id=sid, data=data, end_stream=end):
+                if stream := self._streams.get(sid):
+                    stream._on_data(data, end)
+            case WindowOpened(stream_id=sid):
+                if stream := self._streams.get(sid):
+                    stream._writable.set()
+            case StreamOpened(stream_id=sid, head=head, end_stream=end):
+                self._start_stream(sid, head, end)
+            case ReplyReceived(stream_id=sid, head=head, end_stream=end):
+                if (stream := self._streams.get(sid)) and stream._reply is not None:
+                    if end:
+                        stream._eof = True
+                        stream._readable.set()
+                    if not stream._reply.done():
+                        stream._reply.set_result((head, end))
+            case MessageReceived(stream_id=sid):
+                if stream := self._streams.get(sid):
+                    stream._on_message(event, self.max_ws_message)
+            case CloseReceived(stream_id=sid, code=code, reason=reason):
+                if stream := self._streams.get(sid):
+                    stream._messages.append(WebSocketClosed(code, reason))
+                    stream._readable.set()
+            case ResetReceived(stream_id=sid, code=code, reason=reason):
+                stream = self._streams.pop(sid, None)
+                if stream is not None:
+                    stream._fail(StreamReset(code, reason))
+                task = self._handlers.get(sid)
+                if task is not None:
+                    task.cancel()
+            case PingAcknowledged(payload=payload):
+                sent = self._ping_sent_at.pop(payload, None)
+                if sent is not None:
+                    self.rtt_s = self._loop.time() - sent
+            case SessionEnded():
+                self._finish(event)
+
+    def _start_stream(self, stream_id: int, head: RequestHead, end: bool) -> None:
+        stream = Stream(self, stream_id, head)
+        if end:
+            stream._eof = True
+        self._streams[stream_id] = stream
+        if self._on_stream is None:
+            stream.reset(ResetCode.REFUSED, "this side accepts no streams")
+            return
+        task = asyncio.create_task(self._serve(stream))
+        self._handlers[stream_id] = task
+
+    async def _serve(self, stream: Stream) -> None:
+        assert self._on_stream is not None
+        try:
+            await self._on_stream(stream)
+        except (StreamReset, SessionClosed, asyncio.CancelledError):
+            pass
+        except Exception:
+            self.log.exception("stream handler failed")
+            stream.reset(ResetCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._handlers.pop(stream.id, None)
+            if self.mux.is_live(stream.id) and self.ended is None:
+                if self.mux.can_send(stream.id):
+                    # A handler that returns without finishing its stream would leave the
+                    # peer waiting forever.
+                    stream.reset(ResetCode.INTERNAL_ERROR, "handler ended without finishing")
+                else:
+                    # Our answer is complete; the rest of the peer's body is not wanted.
+                    stream.reset(ResetCode.CANCEL, "response complete")

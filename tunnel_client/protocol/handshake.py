@@ -1,0 +1,186 @@
+"""The handshake: one HELLO from the client, one WELCOME (or a GOAWAY) from the relay.
+
+The client's first message on a new WebSocket is a HELLO frame; the relay answers with
+a WELCOME frame that names the link, or with a GOAWAY frame that says why not (bad
+token, expired lease, limits) and closes. Streams open only after the WELCOME. Both
+payloads are JSON objects; unknown keys are ignored so either side can add optional
+keys without a new version. A side that does not speak ``version`` answers GOAWAY
+``VERSION_MISMATCH``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RemoteProtocolError
+from .frames import Frame, FrameType, encode_frame
+from .window import MAX_WINDOW, MIN_WINDOW
+
+__all__ = ["PROTOCOL_VERSION", "Hello", "Welcome"]
+
+PROTOCOL_VERSION = 1
+MAX_CREDENTIAL_CHARS = 4096
+MAX_STREAMS_LIMIT = 65536
+
+
+def _load(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"{what} is not valid JSON") from exc
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"{what} must be a JSON object")
+    return obj
+
+
+def _opt_str(obj: dict[str, Any], key: str, limit: int = MAX_CREDENTIAL_CHARS) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise RemoteProtocolError(f"{key} must be a string of at most {limit} characters")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str, low: int, high: int, default: int | None = None) -> int:
+    value = obj.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RemoteProtocolError(f"{key} must be an integer in {low}..{high}")
+    return value
+
+
+def _frame(type_: FrameType, obj: dict[str, Any]) -> bytes:
+    payload = json.dumps({k: v for k, v in obj.items() if v is not None}).encode()
+    return encode_frame(Frame(type_, 0, 0, payload))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello:
+    """The client's opening message."""
+
+    version: int = PROTOCOL_VERSION
+    window: int
+    """The client's receive window per stream, in bytes."""
+    max_streams: int
+    """The most streams the relay may keep open at once on this session."""
+    client_secret: str = field(repr=False)
+    """A random secret the client keeps for this link; the lease is bound to its hash."""
+    token: str | None = field(default=None, repr=False)
+    """Proof that the client may create links, when the relay requires tokens."""
+    lease: str | None = field(default=None, repr=False)
+    """A lease from an earlier WELCOME: asks for the same link back."""
+    visitor_auth: str | None = field(default=None, repr=False)
+    """``user:password`` that visitors must give before the relay forwards anything."""
+    ttl_s: int | None = None
+    """A shorter lifetime than the relay's default, in seconds."""
+    agent: str = ""
+    """Client name and version, for the relay's logs."""
+
+    def encode(self) -> bytes:
+        """One transport message holding the HELLO frame."""
+        return _frame(
+            FrameType.HELLO,
+            {
+                "version": self.version,
+                "window": self.window,
+                "max_streams": self.max_streams,
+                "client_secret": self.client_secret,
+                "token": self.token,
+                "lease": self.lease,
+                "visitor_auth": self.visitor_auth,
+                "ttl_s": self.ttl_s,
+                "agent": self.agent,
+            },
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Hello:
+        """Parse the payload of a HELLO frame.
+
+        Raises:
+            RemoteProtocolError: if a field is missing, of the wrong type or out of range.
+        """
+        obj = _load(payload, "HELLO")
+        secret = _opt_str(obj, "client_secret", 256)
+        if not secret or len(secret) < 16:
+            raise RemoteProtocolError("client_secret must be at least 16 characters")
+        ttl = obj.get("ttl_s")
+        return cls(
+            version=_int(obj, "version", 0, 2**31),
+            window=_int(obj, "window", MIN_WINDOW, MAX_WINDOW),
+            max_streams=_int(obj, "max_streams", 1, MAX_STREAMS_LIMIT),
+            client_secret=secret,
+            token=_opt_str(obj, "token"),
+            lease=_opt_str(obj, "lease"),
+            visitor_auth=_opt_str(obj, "visitor_auth", 512),
+            ttl_s=None if ttl is None else _int(obj, "ttl_s", 1, 2**31),
+            agent=_opt_str(obj, "agent", 200) or "",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome:
+    """The relay's answer to a HELLO: the link and its lease."""
+
+    version: int = PROTOCOL_VERSION
+    url: str
+    """The public link, e.g. ``https://k3x9q7m2p4t8w1z5.share.example.com/``."""
+    subdomain: str
+    expires_at: float
+    """When the link expires, as a Unix time."""
+    lease: str = field(repr=False)
+    """Present it (with the client secret) in a later HELLO to get the same link back."""
+    window: int
+    """The relay's receive window per stream, in bytes."""
+    keepalive_s: float
+    """How often each side should PING when the session is quiet."""
+    resumed: bool = False
+    """True when the HELLO's lease gave the client its old link back."""
+
+    def encode(self) -> bytes:
+        """One transport message holding the WELCOME frame."""
+        return _frame(
+            FrameType.WELCOME,
+            {
+                "version": self.version,
+                "url": self.url,
+                "subdomain": self.subdomain,
+                "expires_at": self.expires_at,
+                "lease": self.lease,
+                "window": self.window,
+                "keepalive_s": self.keepalive_s,
+                "resumed": self.resumed,
+            },
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Welcome:
+        """Parse the payload of a WELCOME frame.
+
+        Raises:
+            RemoteProtocolError: if a field is missing, of the wrong type or out of range.
+        """
+        obj = _load(payload, "WELCOME")
+        url = _opt_str(obj, "url", 2048)
+        subdomain = _opt_str(obj, "subdomain", 63)
+        lease = _opt_str(obj, "lease")
+        expires_at = obj.get("expires_at")
+        keepalive = obj.get("keepalive_s")
+        if not url or not subdomain or lease is None:
+            raise RemoteProtocolError("WELCOME lacks url, subdomain or lease")
+        if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+            raise RemoteProtocolError("expires_at must be a number")
+        if not isinstance(keepalive, int | float) or not 0.05 <= keepalive <= 3600:
+            raise RemoteProtocolError("keepalive_s must be a number in 0.05..3600")
+        return cls(
+            version=_int(obj, "version", 0, 2**31),
+            url=url,
+            subdomain=subdomain,
+            expires_at=float(expires_at),
+            lease=lease,
+            window=_int(obj, "window", MIN_WINDOW, MAX_WINDOW),
+            keepalive_s=float(keepalive),
+            resumed=bool(obj.get("resumed", False)),
+        )

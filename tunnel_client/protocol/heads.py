@@ -1,0 +1,216 @@
+"""Request and response heads, their JSON encoding, and header hygiene.
+
+An OPEN frame carries a :class:`RequestHead` from the relay to the client; a REPLY
+frame carries a :class:`ResponseHead` back. Both are JSON objects::
+
+    {"method": "GET", "target": "/a?b=1", "headers": [["Host", "x.example"], ...],
+     "websocket": false}
+    {"status": 200, "headers": [["Content-Type", "text/html"], ...]}
+
+Headers are a list of ``[name, value]`` pairs so that repeated headers (``Set-Cookie``)
+and their order survive. Decoding validates every field against the limits below, so a
+hostile peer's head is refused with :class:`~.errors.RemoteProtocolError` before any
+byte of it reaches an HTTP library. Unknown keys are ignored, for forward compatibility.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
+__all__ = [
+    "HOP_BY_HOP",
+    "MAX_HEADERS",
+    "MAX_TARGET_BYTES",
+    "Headers",
+    "RequestHead",
+    "ResponseHead",
+    "strip_hop_by_hop",
+]
+
+Headers = tuple[tuple[str, str], ...]
+
+MAX_HEADERS = 512
+"""At most this many header lines in one head."""
+
+MAX_TARGET_BYTES = 64 * 1024
+"""The request target (path and query) is at most 64 KiB."""
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Headers that describe one connection, never forwarded by a proxy (RFC 9110 §7.6.1)."""
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop hop-by-hop headers, including every header named in ``Connection``."""
+    pairs = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+def _check_headers(raw: Any, error: type[ProtocolError]) -> Headers:
+    if not isinstance(raw, list | tuple):
+        raise error("headers must be a list of [name, value] pairs")
+    if len(raw) > MAX_HEADERS:
+        raise error(f"{len(raw)} headers exceed the limit of {MAX_HEADERS}")
+    checked: list[tuple[str, str]] = []
+    for pair in raw:
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise error("each header must be a [name, value] pair")
+        name, value = pair
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise error(f"invalid header name {name!r:.80}")
+        if not isinstance(value, str) or _BAD_VALUE.search(value):
+            raise error(f"invalid value for header {name}")
+        checked.append((name, value))
+    return tuple(checked)
+
+
+def _check_request(
+    method: object, target: object, websocket: object, error: type[ProtocolError]
+) -> None:
+    """Validate the request line fields (typed ``object``: they may come from the wire)."""
+    if not isinstance(method, str) or not _TOKEN.match(method):
+        raise error(f"invalid method {method!r:.40}")
+    if len(method) > 32:
+        raise error("method longer than 32 characters")
+    if not isinstance(target, str) or not target:
+        raise error("missing request target")
+    if len(target.encode("utf-8", "surrogateescape")) > MAX_TARGET_BYTES:
+        raise error("request target too long")
+    if _BAD_TARGET.search(target) or not (target.startswith("/") or target == "*"):
+        raise error("invalid request target")
+    if not isinstance(websocket, bool):
+        raise error("websocket must be true or false")
+
+
+def _check_status(status: object, error: type[ProtocolError]) -> None:
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise error(f"invalid status {status!r:.20}")
+
+
+def _load_object(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"{what} is not valid JSON") from exc
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"{what} must be a JSON object")
+    return obj
+
+
+def _dump(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What the relay tells the client about one public request."""
+
+    method: str
+    target: str
+    headers: Headers = ()
+    websocket: bool = False
+    """True when the visitor asked to upgrade the request to a WebSocket."""
+
+    def __post_init__(self) -> None:
+        self._validate(LocalProtocolError)
+
+    def _validate(self, error: type[ProtocolError]) -> None:
+        _check_request(self.method, self.target, self.websocket, error)
+        _check_headers(self.headers, error)
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, case-insensitively, or None."""
+        lname = name.lower()
+        return next((v for n, v in self.headers if n.lower() == lname), None)
+
+    def encode(self) -> bytes:
+        """The JSON payload of an OPEN frame."""
+        return _dump(
+            {
+                "method": self.method,
+                "target": self.target,
+                "headers": self.headers,
+                "websocket": self.websocket,
+            }
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> RequestHead:
+        """Parse and validate the payload of an OPEN frame.
+
+        Raises:
+            RemoteProtocolError: if the head is malformed or exceeds a limit.
+        """
+        obj = _load_object(payload, "request head")
+        headers = _check_headers(obj.get("headers", []), RemoteProtocolError)
+        try:
+            return cls(obj.get("method"), obj.get("target"), headers, obj.get("websocket", False))  # type: ignore[arg-type]
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """What the client tells the relay about the local server's response."""
+
+    status: int
+    headers: Headers = ()
+
+    def __post_init__(self) -> None:
+        _check_status(self.status, LocalProtocolError)
+        _check_headers(self.headers, LocalProtocolError)
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, case-insensitively, or None."""
+        lname = name.lower()
+        return next((v for n, v in self.headers if n.lower() == lname), None)
+
+    def encode(self) -> bytes:
+        """The JSON payload of a REPLY frame."""
+        return _dump({"status": self.status, "headers": self.headers})
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ResponseHead:
+        """Parse and validate the payload of a REPLY frame.
+
+        Raises:
+            RemoteProtocolError: if the head is malformed or exceeds a limit.
+        """
+        obj = _load_object(payload, "response head")
+        headers = _check_headers(obj.get("headers", []), RemoteProtocolError)
+        try:
+            return cls(obj.get("status"), headers)  # type: ignore[arg-type]
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(str(exc)) from None
+
+
+def headers_from(pairs: Sequence[tuple[str, str]]) -> Headers:
+    """Freeze header pairs into the tuple form heads hold."""
+    return tuple((str(n), str(v)) for n, v in pairs)
