@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import pages
 from .config import RelayConfig
+from .http_server import RelayHTTPServer
 from .leases import LeaseSigner, load_or_create_key
 from .public import handle_public
 from .registry import Registry
@@ -56,8 +57,9 @@ class Relay:
 
     async def start(self) -> None:
         """Listen; on return, :attr:`port` is the bound port."""
-        server = web.Server(
+        server = RelayHTTPServer(
             self.dispatch,
+            header_timeout_s=self.config.header_timeout_s,
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=self.config.idle_timeout_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import tomllib
@@ -224,8 +225,8 @@ def _opt(*names: str, **kwargs: Any) -> Callable[[_F], _F]:
     "--lease-key",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Ed25519 key signing leases, created (mode 0600) if missing. "
-    "Default: in memory (links do not survive a relay restart).",
+    help="Ed25519 key signing leases, created (mode 0600) if missing, so links survive a "
+    "relay restart. Default: $XDG_STATE_HOME/sharetunnel/relay-lease-key.pem.",
 )
 @_opt(
     "--tls-cert",
@@ -277,6 +278,8 @@ def main(**options: Any) -> None:
     }
     fields = {renamed.get(k, k): v for k, v in options.items()}
     fields["trusted_proxies"] = tuple(fields["trusted_proxies"])
+    if fields["lease_key"] is None:
+        fields["lease_key"] = default_lease_key_path()
     try:
         config = RelayConfig(**fields)
     except ConfigError as exc:
@@ -285,6 +288,12 @@ def main(**options: Any) -> None:
         sys.exit(2)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(config))
+
+
+def default_lease_key_path() -> Path:
+    """Where the lease signing key lives unless --lease-key says otherwise."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "sharetunnel" / "relay-lease-key.pem"
 
 
 async def _serve(config: RelayConfig) -> None:

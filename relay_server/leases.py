@@ -48,22 +48,27 @@ def load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
     """Read the signing key, creating it (mode 0600) on first start; None: in memory."""
     if path is None:
         return Ed25519PrivateKey.generate()
-    try:
-        pem = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two relays starting at once must not overwrite each other's key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as file:
             file.write(pem)
-        return key
-    loaded = serialization.load_pem_private_key(pem, password=None)
+        try:
+            # link() publishes the whole file at once and fails if another relay
+            # sharing the directory got there first: then its key wins.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} holds a key that is not Ed25519")
     return loaded

@@ -160,35 +160,50 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
         stream = session.open_stream(head, end_stream=not has_body and not websocket)
     except SessionClosed:
         return pages.error_response(request, pages.client_away())
-    pump = asyncio.create_task(_pump_body(request, stream, limit)) if has_body else None
+    pump = (
+        asyncio.create_task(_pump_body(request, stream, limit, config.idle_timeout_s))
+        if has_body
+        else None
+    )
     try:
         return await _relay_response(relay, request, stream, websocket, public_host)
     finally:
         if pump is not None and not pump.done():
             pump.cancel()
-        if stream.error is None and stream.live:
+        # A WebSocket whose close we already passed on is not abandoned: a reset
+        # now would cut the client off before it hands that close code to the
+        # local server (the visitor drops its connection right after the close).
+        closing = websocket and not stream.writable
+        if stream.error is None and stream.live and not closing:
             # The visitor left (or we failed) before the exchange finished: let the
             # client cancel its local request.
             stream.reset(ResetCode.CANCEL, "the visitor went away")
 
 
-async def _pump_body(request: web.BaseRequest, stream: Stream, limit: int | None) -> None:
+async def _pump_body(
+    request: web.BaseRequest, stream: Stream, limit: int | None, idle: float
+) -> None:
     """Copy the visitor's body into the stream while it has credit."""
     if request.headers.get("Expect", "").lower() == "100-continue":
         # Visitors that ask (curl does above 1 MiB) wait for this before sending a body.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     total = 0
+    loop = asyncio.get_running_loop()
     try:
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            total += len(chunk)
-            if limit is not None and total > limit:
-                stream.reset(ResetCode.TOO_LARGE, f"request body over {limit} bytes")
-                return
-            await stream.write(chunk)
+        async with asyncio.timeout(idle) as deadline:
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    stream.reset(ResetCode.TOO_LARGE, f"request body over {limit} bytes")
+                    return
+                await stream.write(chunk)
+                deadline.reschedule(loop.time() + idle)
         await stream.end()
+    except TimeoutError:
+        stream.reset(ResetCode.CANCEL, f"the visitor's upload stalled for {idle:g} s")
     except (StreamReset, SessionClosed):
         pass  # the response side reports what happened
     except _BAD_BODY_ERRORS as exc:
@@ -242,10 +257,21 @@ async def _relay_response(
         await response.write_eof()
         return response
     sent = 0
+    idle = relay.config.idle_timeout_s
+    loop = asyncio.get_running_loop()
     try:
-        while chunk := await stream.read():
-            sent += len(chunk)
-            await response.write(chunk)
+        # No cap on a streaming response, only on silence: a stream that moves no byte
+        # for idle_timeout (default 15 min, far above an SSE heartbeat) is dropped.
+        async with asyncio.timeout(idle) as deadline:
+            while chunk := await stream.read():
+                sent += len(chunk)
+                await response.write(chunk)
+                deadline.reschedule(loop.time() + idle)
+    except TimeoutError:
+        logger.info("stream %d idle for %g s: closing it", stream.id, idle)
+        stream.reset(ResetCode.CANCEL, f"no data for {idle:g} s")
+        _abort(request)
+        return response
     except (StreamReset, SessionClosed) as exc:
         # Headers are out: the only honest signal left is a broken connection.
         logger.debug("stream %d ended early: %s", stream.id, exc)

@@ -171,7 +171,7 @@ def _claim_link(relay: Relay, hello: Hello, ip: str) -> tuple[Tunnel, bool]:
             else "the token was not accepted by this relay",
         )
     if hello.lease is not None:
-        return _resume(relay, hello), True
+        return _resume(relay, hello, ip), True
     if relay.registry.count_by(client_ip=ip) >= config.tunnels_per_ip:
         raise Refused(
             GoAwayCode.LIMIT_EXCEEDED, f"this address already holds {config.tunnels_per_ip} links"
@@ -196,7 +196,7 @@ def _claim_link(relay: Relay, hello: Hello, ip: str) -> tuple[Tunnel, bool]:
     return tunnel, False
 
 
-def _resume(relay: Relay, hello: Hello) -> Tunnel:
+def _resume(relay: Relay, hello: Hello, ip: str) -> Tunnel:
     assert hello.lease is not None
     try:
         lease = relay.signer.verify(hello.lease, hello.client_secret)
@@ -218,7 +218,7 @@ def _resume(relay: Relay, hello: Hello) -> Tunnel:
         url=relay.config.link_for(lease.subdomain, relay.port),
         expires_at=lease.expires_at,
         key_hash=lease.key_hash,
-        client_ip="",
+        client_ip=ip,
     )
     relay.registry.add(tunnel)
     return tunnel

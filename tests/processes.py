@@ -36,17 +36,24 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
             del env[key]
     # No user config file may leak into a test.
     env["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="st-xdg-")
+    env["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="st-state-")
     env.update(extra or {})
     return env
 
 
-def _wait_file(path: Path, proc: subprocess.Popen[Any], what: str) -> dict[str, Any]:
+def _wait_file(
+    path: Path, proc: subprocess.Popen[Any], what: str, lines: list[str] | None = None
+) -> dict[str, Any]:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if path.exists():
             return json.loads(path.read_text())  # type: ignore[no-any-return]
         if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
+            if lines is not None:
+                time.sleep(0.2)  # let the drain thread catch the last lines
+                err = "\n".join(lines)
+            else:
+                err = proc.stderr.read() if proc.stderr else ""
             raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready: {err}")
         time.sleep(0.02)
     raise TimeoutError(f"{what} not ready within {START_TIMEOUT_S} s")
@@ -106,6 +113,9 @@ class RelayProcess:
     port: int
     args: list[str]
     scheme: str = "http"
+    lines: list[str] = field(default_factory=list)
+    """Everything the relay logged so far (drained continuously, so it never blocks)."""
+    _drain: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -116,12 +126,18 @@ class RelayProcess:
     def http_url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
     def stderr_text(self) -> str:
         """Everything the relay logged (stops it first)."""
         stop_process(self.proc)
-        if self.proc.stderr is None or self.proc.stderr.closed:
-            return ""
-        return self.proc.stderr.read()
+        if self._drain is not None:
+            self._drain.join(5)
+        close_pipes(self.proc)
+        return "\n".join(self.lines)
 
 
 def start_relay(*args: str, port: int = 0, env: dict[str, str] | None = None) -> RelayProcess:
@@ -138,11 +154,24 @@ def start_relay(*args: str, port: int = 0, env: dict[str, str] | None = None) ->
         *args,
     ]
     proc = subprocess.Popen(
-        argv, cwd=ROOT, env=_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=ROOT,
+        env=_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    info = _wait_file(ready, proc, "tunnel-relay")
-    scheme = "https" if info["url"].startswith("https") else "http"
-    return RelayProcess(proc, info["port"], list(args), scheme)
+    relay = RelayProcess(proc, 0, list(args))
+    relay._drain = threading.Thread(target=relay._read, daemon=True)
+    relay._drain.start()
+    try:
+        info = _wait_file(ready, proc, "tunnel-relay", relay.lines)
+    except BaseException:
+        relay.stderr_text()
+        raise
+    relay.port = info["port"]
+    relay.scheme = "https" if info["url"].startswith("https") else "http"
+    return relay
 
 
 @contextlib.contextmanager
@@ -153,8 +182,7 @@ def run_relay(
     try:
         yield relay
     finally:
-        stop_process(relay.proc)
-        close_pipes(relay.proc)
+        relay.stderr_text()
 
 
 @dataclass
@@ -166,6 +194,15 @@ class TunnelProcess:
     _queue: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
     stderr_lines: list[str] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start_readers(self) -> None:
+        """Collect stdout events and stderr lines in background threads."""
+        self._threads = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_err, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, sig: int = signal.SIGINT) -> int:
         """Stop the process (Ctrl-C by default) and collect all its output."""
@@ -252,12 +289,7 @@ def start_tunnel(
         argv, cwd=ROOT, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     tunnel = TunnelProcess(proc)
-    tunnel._threads = [
-        threading.Thread(target=tunnel._read, daemon=True),
-        threading.Thread(target=tunnel._read_err, daemon=True),
-    ]
-    for thread in tunnel._threads:
-        thread.start()
+    tunnel.start_readers()
     if wait:
         try:
             tunnel.wait_event("ready")

@@ -105,7 +105,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, websockets.InvalidStatus):
-        return f"it answered HTTP {exc.response.status_code} instead of a WebSocket"
+        said = (exc.response.body or b"").decode("utf-8", "replace").strip().splitlines()
+        detail = f" ({said[0][:200]})" if said else ""
+        return f"it answered HTTP {exc.response.status_code} instead of a WebSocket{detail}"
     return str(exc) or type(exc).__name__
 
 
