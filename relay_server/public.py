@@ -129,7 +129,7 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
     session = tunnel.session
     if session is None or session.ended is not None:
         return pages.error_response(request, pages.client_away())
-    if session.open_streams >= config.max_streams:
+    if session.open_streams >= session.mux.max_streams:  # ours or the client's, the lower
         return pages.error_response(
             request, pages.too_many("This link is serving too many requests at once")
         )
@@ -304,15 +304,15 @@ async def _relay_websocket(
     await ws.prepare(request)
 
     async def visitor_to_local() -> None:
-        async for msg in ws:
+        # receive(), not `async for`: the CLOSE message carries the reason to pass on.
+        while (msg := await ws.receive()).type in (WSMsgType.TEXT, WSMsgType.BINARY):
             if msg.type is WSMsgType.TEXT:
                 await stream.send_message(msg.data.encode(), text=True)
-            elif msg.type is WSMsgType.BINARY:
+            else:
                 await stream.send_message(msg.data, text=False)
-            elif msg.type is WSMsgType.ERROR:
-                break
+        reason = msg.extra if msg.type is WSMsgType.CLOSE and msg.extra else ""
         if stream.writable:
-            stream.send_close(ws.close_code or 1000, "")
+            stream.send_close(ws.close_code or 1000, reason)
 
     async def local_to_visitor() -> None:
         while True:

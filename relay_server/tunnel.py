@@ -57,7 +57,11 @@ async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamRes
     if not relay.accepting:
         return web.Response(status=503, text="relay is shutting down; try another node\n")
     ws = web.WebSocketResponse(
-        max_msg_size=MAX_MESSAGE_BYTES + 1024, compress=False, autoping=True, heartbeat=None
+        max_msg_size=MAX_MESSAGE_BYTES + 1024,
+        compress=False,
+        autoping=True,
+        heartbeat=None,  # the protocol's own PING detects dead peers
+        timeout=2.0,  # a closing handshake on a dead path must not hold the session
     )
     await ws.prepare(request)
     transport = AiohttpTransport(ws)

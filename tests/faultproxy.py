@@ -23,6 +23,8 @@ class FaultProxy:
         self._connections: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._blackhole = False
         self._refuse = False
+        self._restored = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -37,6 +39,10 @@ class FaultProxy:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         if self._refuse:
             _reset(writer)
             return
@@ -56,12 +62,15 @@ class FaultProxy:
                 w.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
+        with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 if self._blackhole:
                     continue  # swallow: the peer thinks it was sent
                 writer.write(data)
                 await writer.drain()
+            if self._blackhole:
+                # A dead path carries no FIN either: the far side must find out alone.
+                await self._restored.wait()
         with contextlib.suppress(OSError):
             writer.close()
 
@@ -86,10 +95,14 @@ class FaultProxy:
     def restore(self) -> None:
         self._blackhole = False
         self._refuse = False
+        self.loop.call_soon_threadsafe(self._restored.set)
 
     def close(self) -> None:
         async def stop() -> None:
             await self._cut()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._server is not None:
                 self._server.close()
                 await self._server.wait_closed()

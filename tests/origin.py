@@ -18,6 +18,14 @@ Run it as a process: ``python -m tests.origin --port 0 --ready-file f`` writes
 ``/status/{code}``     that status, with a small body (none for 204/304)
 ``/gzip``              a gzip-encoded body with Content-Encoding: gzip
 ``/file``              a 1 MiB file with Range support
+``/redirect/{code}``   that redirect status with ``Location: /echo/redirected``
+``/hop``               a response carrying hop-by-hop headers (and one end-to-end header)
+``/ws/closed``         ``?id=X``: waits until the WebSocket opened as ``/ws?id=X`` ended;
+                       JSON of the close code it ended with (504 after ``?timeout=10``)
+``/slow-upload``       POST ``?rate=1000000``: reads the body at about that many bytes/s;
+                       JSON of its length and sha256 (``/stats`` ``slow_upload_bytes``)
+``/endless``           ``?chunk=65536&interval=0.01``: streams until the visitor leaves;
+                       ``/stats`` counts ``endless_started`` and ``endless_closed``
 =====================  ==============================================================
 """
 
@@ -39,7 +47,17 @@ from aiohttp import WSMsgType, web
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 STATS_KEY = web.AppKey("stats", dict)
 FILE_KEY = web.AppKey("file", Path)
-GZIP_BODY = gzip.compress(b"compressed content " * 100)
+WS_CLOSED_KEY = web.AppKey("ws_closed", dict)
+GZIP_BODY = gzip.compress(b"compressed content " * 100, mtime=0)  # the same in every process
+HOP_RESPONSE_HEADERS = (
+    ("Connection", "keep-alive, X-Hop-Named"),
+    ("X-Hop-Named", "named in Connection"),
+    ("Keep-Alive", "timeout=5"),
+    ("Proxy-Authenticate", 'Basic realm="origin"'),
+    ("TE", "trailers"),
+    ("Trailer", "X-Checksum"),
+    ("Upgrade", "h2c"),
+)
 
 
 def pattern_bytes(n: int) -> bytes:
@@ -114,15 +132,57 @@ async def sse(request: web.Request) -> web.StreamResponse:
 async def ws_echo(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(protocols=("chat", "superchat"))
     await ws.prepare(request)
-    async for msg in ws:
-        if msg.type is WSMsgType.TEXT:
-            if msg.data.startswith("close:"):
-                await ws.close(code=int(msg.data[6:]), message=b"asked to close")
-                break
-            await ws.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            await ws.send_bytes(msg.data)
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                if msg.data.startswith("close:"):
+                    await ws.close(code=int(msg.data[6:]), message=b"asked to close")
+                    break
+                await ws.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+    finally:
+        if (key := request.query.get("id")) is not None:
+            ended = _ws_closed(request.app, key)
+            if not ended.done():
+                ended.set_result(ws.close_code)
     return ws
+
+
+def _ws_closed(app: web.Application, key: str) -> asyncio.Future[int | None]:
+    """The close code of the WebSocket ``/ws?id=key``, once it ended."""
+    futures = app[WS_CLOSED_KEY]
+    if key not in futures:
+        futures[key] = asyncio.get_running_loop().create_future()
+    return futures[key]
+
+
+async def ws_closed(request: web.Request) -> web.Response:
+    ended = _ws_closed(request.app, request.query["id"])
+    try:
+        code = await asyncio.wait_for(
+            asyncio.shield(ended), float(request.query.get("timeout", "10"))
+        )
+    except TimeoutError:
+        return web.json_response({"code": None, "ended": False}, status=504)
+    return web.json_response({"code": code, "ended": True})
+
+
+async def redirect(request: web.Request) -> web.Response:
+    return web.Response(
+        status=int(request.match_info["code"]),
+        text="moved\n",
+        headers={"Location": "/echo/redirected"},
+    )
+
+
+async def hop(request: web.Request) -> web.Response:
+    """Hop-by-hop headers a proxy must not pass on, next to one it must."""
+    response = web.Response(text="hop\n")
+    for name, value in HOP_RESPONSE_HEADERS:
+        response.headers.add(name, value)
+    response.headers.add("X-End-To-End", "kept")
+    return response
 
 
 async def slow(request: web.Request) -> web.Response:
@@ -139,6 +199,42 @@ async def hold(request: web.Request) -> web.Response:
         stats["cancelled"] += 1
         raise
     return web.Response(text="unreachable")
+
+
+async def slow_upload(request: web.Request) -> web.Response:
+    """Read the body no faster than ``rate`` bytes/s: a local server that pushes back."""
+    rate = float(request.query.get("rate", "1000000"))
+    stats = request.app[STATS_KEY]
+    digest = hashlib.sha256()
+    length = 0
+    started = time.monotonic()
+    while chunk := await request.content.read(16384):
+        digest.update(chunk)
+        length += len(chunk)
+        stats["slow_upload_bytes"] += len(chunk)
+        ahead = length / rate - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    return web.json_response({"length": length, "sha256": digest.hexdigest()})
+
+
+async def endless(request: web.Request) -> web.StreamResponse:
+    """Stream chunks until the visitor goes away, counting how often that was noticed."""
+    size = int(request.query.get("chunk", "65536"))
+    interval = float(request.query.get("interval", "0.01"))
+    stats = request.app[STATS_KEY]
+    stats["endless_started"] += 1
+    response = web.StreamResponse()
+    response.content_type = "application/octet-stream"
+    response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        while True:
+            await response.write(PATTERN[:size])
+            await asyncio.sleep(interval)
+    except (asyncio.CancelledError, ConnectionError):
+        stats["endless_closed"] += 1
+        raise
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -174,10 +270,17 @@ async def file(request: web.Request) -> web.FileResponse:
 
 def make_app() -> web.Application:
     app = web.Application(client_max_size=1 << 40)
-    app[STATS_KEY] = {"held": 0, "cancelled": 0}
+    app[STATS_KEY] = {
+        "held": 0,
+        "cancelled": 0,
+        "slow_upload_bytes": 0,
+        "endless_started": 0,
+        "endless_closed": 0,
+    }
     path = Path(tempfile.mkdtemp(prefix="origin-")) / "data.bin"
     path.write_bytes(pattern_bytes(1 << 20))
     app[FILE_KEY] = path
+    app[WS_CLOSED_KEY] = {}
     app.router.add_get("/", index)
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/echo/{tail:.*}", echo)
@@ -193,6 +296,11 @@ def make_app() -> web.Application:
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/gzip", gzipped)
     app.router.add_get("/file", file)
+    app.router.add_get("/redirect/{code}", redirect)
+    app.router.add_get("/hop", hop)
+    app.router.add_get("/ws/closed", ws_closed)
+    app.router.add_post("/slow-upload", slow_upload)
+    app.router.add_get("/endless", endless)
     return app
 
 

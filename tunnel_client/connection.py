@@ -8,7 +8,6 @@ is worth retrying; :class:`AuthRejected`, :class:`LinkExpired` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,10 @@ __all__ = [
     "WebSocketTransport",
     "open_tunnel",
 ]
+
+
+CLOSE_TIMEOUT_S = 2.0
+"""How long a closing handshake may take before the connection is dropped."""
 
 
 class RelayUnavailable(TunnelError):
@@ -73,8 +76,14 @@ class WebSocketTransport:
         return message if isinstance(message, bytes) else None
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), 2)
+        try:
+            await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT_S)
+        except Exception:  # noqa: S110  (closing: nothing useful to do with the error)
+            pass
+        finally:
+            # On a dead path the closing handshake never completes; a pending recv()
+            # must still end, so drop the connection outright.
+            self.ws.transport.abort()
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ async def open_tunnel(
             ping_interval=None,  # the protocol's own PING keeps both sides honest
             compression=None,
             max_size=MAX_MESSAGE_BYTES + 1024,
+            close_timeout=CLOSE_TIMEOUT_S,
             write_limit=256 * 1024,
             user_agent_header=agent,
         )

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 # aiohttp would otherwise add its own values for these when the visitor sent none.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
+_WS_DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 # The client does its own WebSocket handshake with the local server.
 _WS_HANDSHAKE_HEADERS = frozenset(
     {
@@ -190,13 +191,15 @@ class Forwarder:
 
 async def _relay_websocket(stream: Stream, ws: aiohttp.ClientWebSocketResponse) -> None:
     async def local_to_visitor() -> None:
-        async for msg in ws:
+        # receive(), not `async for`: the CLOSE message carries the reason to pass on.
+        while (msg := await ws.receive()).type in _WS_DATA:
             if msg.type is aiohttp.WSMsgType.TEXT:
                 await stream.send_message(msg.data.encode(), text=True)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
+            else:
                 await stream.send_message(msg.data, text=False)
+        reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE and msg.extra else ""
         if stream.writable:
-            stream.send_close(ws.close_code or 1000, "")
+            stream.send_close(ws.close_code or 1000, reason)
 
     async def visitor_to_local() -> None:
         while True:
