@@ -27,7 +27,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import GoAwayCode, InvalidState, ResetCode, SessionClosed, StreamReset
+from .errors import (
+    GoAwayCode,
+    InvalidState,
+    RemoteProtocolError,
+    ResetCode,
+    SessionClosed,
+    StreamReset,
+)
 from .events import (
     CloseReceived,
     DataReceived,
@@ -69,7 +76,11 @@ class MessageTransport(Protocol):
         """Send one binary message; may wait while the connection is congested."""
 
     async def recv(self) -> bytes | None:
-        """The next binary message, or None once the connection is closed."""
+        """The next binary message, or None once the connection is closed.
+
+        Raises:
+            RemoteProtocolError: if the peer sent something no message may be (text).
+        """
 
     async def close(self) -> None:
         """Close the connection; must not raise."""
@@ -125,6 +136,11 @@ class Stream:
     def writable(self) -> bool:
         """True while our direction of the stream may still carry data."""
         return self._write_error is None and self._mux.can_send(self.id)
+
+    @property
+    def has_data(self) -> bool:
+        """True when body bytes are already here: :meth:`read` returns them at once."""
+        return bool(self._chunks)
 
     @property
     def error(self) -> StreamReset | SessionClosed | None:
@@ -444,6 +460,12 @@ class Session:
         while self.ended is None:
             try:
                 message = await self.transport.recv()
+            except RemoteProtocolError as exc:
+                # The peer broke the transport's rules (a text message): its fault, so
+                # it hears why, like for any other protocol error.
+                self.log.info("! closing session: %s", exc)
+                self.close(exc.code, str(exc))
+                return
             except Exception as exc:  # a transport should return None; be safe anyway
                 self.log.debug("transport receive failed: %r", exc)
                 return

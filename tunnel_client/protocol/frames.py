@@ -117,6 +117,11 @@ _ALLOWED_FLAGS: dict[FrameType, int] = {
     FrameType.CLOSE: 0,
 }
 
+# The same as plain ints: `int & IntFlag` goes through the enum machinery (slow, and
+# done for every frame).
+_FORBIDDEN_FLAGS: dict[FrameType, int] = {t: ~int(f) for t, f in _ALLOWED_FLAGS.items()}
+_FIN = int(Flags.FIN)
+
 _SESSION_TYPES = frozenset({FrameType.HELLO, FrameType.WELCOME, FrameType.PING, FrameType.GOAWAY})
 
 # (minimum, maximum) payload length per type.
@@ -149,12 +154,14 @@ class Frame:
     @property
     def fin(self) -> bool:
         """True when this frame ends the sender's direction of its stream."""
-        return bool(self.flags & Flags.FIN)
+        return bool(self.flags & _FIN)
 
 
 def check_frame(type_: FrameType, flags: int, stream_id: int, length: int) -> str | None:
     """Return why a frame with these header fields is illegal, or None if it is legal."""
-    if flags & ~_ALLOWED_FLAGS[type_]:
+    # ~int(), not ~: ~ of an IntFlag drops the undefined bits (~FIN == 0x0E), which
+    # would let 0x10..0x80 by.
+    if flags & _FORBIDDEN_FLAGS[type_]:
         return f"flags 0x{flags:02x} not allowed on {type_.name}"
     if (stream_id == 0) != (type_ in _SESSION_TYPES):
         return f"{type_.name} on stream {stream_id}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import RemoteProtocolError
 from .frames import Frame, FrameType, encode_frame
@@ -23,6 +23,7 @@ __all__ = ["PROTOCOL_VERSION", "Hello", "Welcome"]
 PROTOCOL_VERSION = 1
 MAX_CREDENTIAL_CHARS = 4096
 MAX_STREAMS_LIMIT = 65536
+MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def _load(payload: bytes, what: str) -> dict[str, Any]:
@@ -49,6 +50,10 @@ def _int(obj: dict[str, Any], key: str, low: int, high: int, default: int | None
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise RemoteProtocolError(f"{key} must be an integer in {low}..{high}")
     return value
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _frame(type_: FrameType, obj: dict[str, Any]) -> bytes:
@@ -170,9 +175,10 @@ class Welcome:
         keepalive = obj.get("keepalive_s")
         if not url or not subdomain or lease is None:
             raise RemoteProtocolError("WELCOME lacks url, subdomain or lease")
-        if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
-            raise RemoteProtocolError("expires_at must be a number")
-        if not isinstance(keepalive, int | float) or not 0.05 <= keepalive <= 3600:
+        # JSON allows NaN and Infinity, and datetime() fails beyond year 9999: bound both.
+        if not _number(expires_at) or not 0 <= expires_at <= MAX_TIMESTAMP:
+            raise RemoteProtocolError("expires_at must be a Unix time")
+        if not _number(keepalive) or not 0.05 <= keepalive <= 3600:
             raise RemoteProtocolError("keepalive_s must be a number in 0.05..3600")
         return cls(
             version=_int(obj, "version", 0, 2**31),

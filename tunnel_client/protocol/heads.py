@@ -101,7 +101,11 @@ def _check_request(
         raise error("method longer than 32 characters")
     if not isinstance(target, str) or not target:
         raise error("missing request target")
-    if len(target.encode("utf-8", "surrogateescape")) > MAX_TARGET_BYTES:
+    try:
+        raw_target = target.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte, from JSON
+        raise error("invalid request target") from None
+    if len(raw_target) > MAX_TARGET_BYTES:
         raise error("request target too long")
     if _BAD_TARGET.search(target) or not (target.startswith("/") or target == "*"):
         raise error("invalid request target")
@@ -124,8 +128,12 @@ def _load_object(payload: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
+# One encoder for every head: json.dumps() with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dump(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +178,19 @@ class RequestHead:
         """
         obj = _load_object(payload, "request head")
         headers = _check_headers(obj.get("headers", []), RemoteProtocolError)
-        try:
-            return cls(obj.get("method"), obj.get("target"), headers, obj.get("websocket", False))  # type: ignore[arg-type]
-        except LocalProtocolError as exc:
-            raise RemoteProtocolError(str(exc)) from None
+        method, target = obj.get("method"), obj.get("target")
+        websocket = obj.get("websocket", False)
+        _check_request(method, target, websocket, RemoteProtocolError)
+        # Validated just now: skip __post_init__, which would check it all again.
+        head = object.__new__(cls)
+        for name, value in (
+            ("method", method),
+            ("target", target),
+            ("headers", headers),
+            ("websocket", websocket),
+        ):
+            object.__setattr__(head, name, value)
+        return head
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,10 +222,13 @@ class ResponseHead:
         """
         obj = _load_object(payload, "response head")
         headers = _check_headers(obj.get("headers", []), RemoteProtocolError)
-        try:
-            return cls(obj.get("status"), headers)  # type: ignore[arg-type]
-        except LocalProtocolError as exc:
-            raise RemoteProtocolError(str(exc)) from None
+        status = obj.get("status")
+        _check_status(status, RemoteProtocolError)
+        # Validated just now: skip __post_init__, which would check it all again.
+        head = object.__new__(cls)
+        object.__setattr__(head, "status", status)
+        object.__setattr__(head, "headers", headers)
+        return head
 
 
 def headers_from(pairs: Sequence[tuple[str, str]]) -> Headers:

@@ -84,6 +84,11 @@ MAX_CONTROL_BACKLOG = 4096
 """Control frames the peer may make us queue (PING answers, refusals) before we flush."""
 
 _U32 = struct.Struct("!I")
+# Flags as plain ints: `int & IntFlag` goes through the enum machinery, per frame.
+_FIN = int(Flags.FIN)
+_ACK = int(Flags.ACK)
+_TEXT = int(Flags.TEXT)
+_MORE = int(Flags.MORE)
 _U16 = struct.Struct("!H")
 
 
@@ -123,6 +128,19 @@ class _Stream:
         self.send_fragmented = False
         self.recv_fragmented = False
         self.recv_text = False
+
+
+def _frozen(data: Bytes, n: int) -> Bytes:
+    """The first ``n`` bytes of ``data`` to queue: a view (no copy) when they cannot change.
+
+    A slice of immutable ``bytes`` is safe to hold until it is sent; anything mutable is
+    copied, as the caller may reuse its buffer once the call returns.
+    """
+    if isinstance(data, bytes):
+        return data if n == len(data) else memoryview(data)[:n]
+    if isinstance(data, memoryview) and isinstance(data.obj, bytes) and data.itemsize == 1:
+        return data[:n]
+    return bytes(data[:n])
 
 
 def _reason_bytes(reason: str) -> bytes:
@@ -175,7 +193,8 @@ class Mux:
         self._streams: dict[int, _Stream] = {}
         self._last_id = 0
         self._events: list[Event] = []
-        self._out: list[bytes] = []
+        # Frames as (header, payload): joined into messages once, in data_to_send.
+        self._out: list[tuple[bytes, Bytes]] = []
         self._out_bytes = 0
         self._control_backlog = 0
         self.ended: SessionEnded | None = None
@@ -227,14 +246,16 @@ class Mux:
         if not self._out:
             return []
         messages: list[bytes] = []
-        batch: list[bytes] = []
+        batch: list[Bytes] = []
         size = 0
-        for part in self._out:
-            if size and size + len(part) > MESSAGE_TARGET_BYTES:
+        for header, payload in self._out:
+            length = len(header) + len(payload)
+            if size and size + length > MESSAGE_TARGET_BYTES:
                 messages.append(b"".join(batch))
                 batch, size = [], 0
-            batch.append(part)
-            size += len(part)
+            batch.append(header)
+            batch.append(payload)
+            size += length
         messages.append(b"".join(batch))
         self._out.clear()
         self._out_bytes = 0
@@ -246,10 +267,9 @@ class Mux:
         events, self._events = self._events, []
         return events
 
-    def _emit(self, type_: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> None:
-        frame = HEADER.pack(type_, flags, stream_id, len(payload)) + payload
-        self._out.append(frame)
-        self._out_bytes += len(frame)
+    def _emit(self, type_: FrameType, flags: int, stream_id: int, payload: Bytes = b"") -> None:
+        self._out.append((HEADER.pack(type_, flags, stream_id, len(payload)), payload))
+        self._out_bytes += HEADER.size + len(payload)
         if self.debug:
             self.logger.debug(
                 "> %s flags=%d stream=%d len=%d", type_.name, flags, stream_id, len(payload)
@@ -353,8 +373,8 @@ class Mux:
             raise RemoteProtocolError(f"second REPLY on stream {stream.id}")
         head = ResponseHead.decode(frame.payload)
         if head.status == 101:
-            if not stream.wants_websocket:
-                raise RemoteProtocolError("status 101 for a request that asked for no upgrade")
+            if not stream.wants_websocket or frame.fin:
+                raise RemoteProtocolError("status 101 needs a WebSocket request and an open stream")
             stream.upgraded = True
         elif head.status < 200:
             raise RemoteProtocolError(f"informational status {head.status} in REPLY")
@@ -387,12 +407,12 @@ class Mux:
         if not stream.upgraded:
             raise RemoteProtocolError(f"MESSAGE on stream {stream.id}, which is not upgraded")
         self._consume(stream, frame)
-        text = bool(frame.flags & Flags.TEXT)
+        text = bool(frame.flags & _TEXT)
         if stream.recv_fragmented:
             if text:
                 raise RemoteProtocolError("TEXT flag on a continuation fragment")
             text = stream.recv_text
-        final = not frame.flags & Flags.MORE
+        final = not frame.flags & _MORE
         stream.recv_fragmented = not final
         stream.recv_text = text
         self._events.append(MessageReceived(stream.id, frame.payload, text, final))
@@ -433,7 +453,7 @@ class Mux:
         self._events.append(ResetReceived(stream.id, code, _reason_text(frame.payload[4:])))
 
     def _on_ping(self, frame: Frame) -> None:
-        if frame.flags & Flags.ACK:
+        if frame.flags & _ACK:
             self._events.append(PingAcknowledged(frame.payload))
         else:
             self._emit_control(FrameType.PING, Flags.ACK, 0, frame.payload)
@@ -510,7 +530,7 @@ class Mux:
         n = self._take_credit(stream, len(data))
         fin = end_stream and n == len(data)
         if n or fin:
-            self._emit(FrameType.DATA, Flags.FIN if fin else 0, stream_id, bytes(data[:n]))
+            self._emit(FrameType.DATA, _FIN if fin else 0, stream_id, _frozen(data, n))
         if fin:
             stream.local_open = False
             self._forget_if_done(stream)
@@ -534,7 +554,7 @@ class Mux:
         if not last:
             flags |= Flags.MORE
         stream.send_fragmented = not last
-        self._emit(FrameType.MESSAGE, flags, stream_id, bytes(data[:n]))
+        self._emit(FrameType.MESSAGE, flags, stream_id, _frozen(data, n))
         return n
 
     def send_close(self, stream_id: int, code: int = 1000, reason: str = "") -> None:

@@ -1,0 +1,562 @@
+"""The asyncio driver (tunnel_client/protocol/aio.py) over an in-memory transport pair.
+
+A relay :class:`Session` and a client :class:`Session` run in one event loop, joined by
+:class:`MemoryTransport`; the client's ``on_stream`` handler plays the local server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from tests.protocol.helpers import GET, OK, POST, SWITCH, WS, MemoryTransport, frames_of
+from tunnel_client.protocol.aio import (
+    HIGH_WATER_BYTES,
+    Session,
+    Stream,
+    WebSocketClosed,
+    WebSocketMessage,
+)
+from tunnel_client.protocol.errors import (
+    GoAwayCode,
+    InvalidState,
+    RemoteProtocolError,
+    ResetCode,
+    SessionClosed,
+    StreamReset,
+)
+from tunnel_client.protocol.frames import FrameType
+from tunnel_client.protocol.heads import RequestHead, ResponseHead
+from tunnel_client.protocol.mux import Mux, Role
+from tunnel_client.protocol.window import MIN_WINDOW
+
+WINDOW = MIN_WINDOW
+Handler = Callable[[Stream], Awaitable[None]]
+
+
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, letting the loops run in between."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
+async def read_all(stream: Stream) -> bytes:
+    chunks = []
+    while chunk := await stream.read():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def make_session(
+    transport: MemoryTransport,
+    role: Role,
+    on_stream: Handler | None = None,
+    *,
+    window: int = WINDOW,
+    **options: float,
+) -> Session:
+    mux = Mux(role, window=window, peer_window=window, max_frame=8192)
+    return Session(transport, mux, on_stream=on_stream, **options)  # type: ignore[arg-type]
+
+
+class Tunnel:
+    """A running relay session and client session, joined in memory."""
+
+    def __init__(self, relay: Session, client: Session) -> None:
+        self.relay = relay
+        self.client = client
+        self.relay_task = asyncio.create_task(relay.run())
+        self.client_task = asyncio.create_task(client.run())
+
+    async def finished(self) -> None:
+        async with asyncio.timeout(10):
+            await asyncio.gather(self.relay_task, self.client_task)
+
+
+@contextlib.asynccontextmanager
+async def tunnel(
+    on_stream: Handler | None, *, window: int = WINDOW, **options: float
+) -> AsyncIterator[Tunnel]:
+    a, b = MemoryTransport.pair()
+    running = Tunnel(
+        make_session(a, Role.RELAY, window=window, **options),
+        make_session(b, Role.CLIENT, on_stream, window=window, **options),
+    )
+    try:
+        yield running
+    finally:
+        running.relay.close(GoAwayCode.NORMAL, "test over")
+        await running.finished()
+
+
+async def echo(stream: Stream) -> None:
+    """A local server that answers with the request body."""
+    body = await read_all(stream)
+    stream.reply(ResponseHead(200, (("X-Method", stream.request.method),)))  # type: ignore[union-attr]
+    await stream.write(body)
+    await stream.end()
+
+
+# -- requests and responses --------------------------------------------------------------
+
+
+async def test_request_response_round_trip() -> None:
+    async with tunnel(echo) as t:
+        stream = t.relay.open_stream(POST)
+        await stream.write(b"hello ")
+        await stream.write(b"world")
+        await stream.end()
+        head, ended = await stream.response()
+        assert head.status == 200 and head.header("x-method") == "POST"
+        assert not ended
+        await until(lambda: stream.has_data)
+        assert await read_all(stream) == b"hello world"
+        assert await stream.read() == b""  # stays at its end
+        await until(lambda: t.relay.open_streams == 0 and t.client.open_streams == 0)
+        assert not stream.live and not stream.writable and stream.error is None
+        assert repr(stream) == f"<Stream {stream.id}>"
+
+
+async def test_response_without_body() -> None:
+    async def no_content(stream: Stream) -> None:
+        assert await stream.read() == b""  # the OPEN had FIN: no body
+        stream.reply(ResponseHead(204), end_stream=True)
+
+    async with tunnel(no_content) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        assert not stream.writable
+        assert await stream.response() == (ResponseHead(204), True)
+        assert await stream.read() == b""
+
+
+async def test_many_concurrent_streams() -> None:
+    async with tunnel(echo) as t:
+
+        async def one(i: int) -> bytes:
+            stream = t.relay.open_stream(POST)
+            await stream.write(str(i).encode() * 1000)
+            await stream.end()
+            await stream.response()
+            return await read_all(stream)
+
+        results = await asyncio.gather(*(one(i) for i in range(20)))
+        assert results == [str(i).encode() * 1000 for i in range(20)]
+
+
+async def test_only_a_relay_stream_has_a_response() -> None:
+    seen: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: Stream) -> None:
+        try:
+            await stream.response()
+        except InvalidState as exc:
+            seen.set_result(exc)
+        stream.reply(OK, end_stream=True)
+
+    async with tunnel(handler) as t:
+        t.relay.open_stream(GET, end_stream=True)
+        assert "only a stream the relay opened" in str(await seen)
+
+
+# -- flow control ------------------------------------------------------------------------
+
+
+async def test_large_body_through_small_windows_waits_for_the_reader() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB, 64 windows
+    gate = asyncio.Event()
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def slow_reader(stream: Stream) -> None:
+        await gate.wait()
+        received.set_result(await read_all(stream))
+        stream.reply(OK, end_stream=True)
+
+    async with tunnel(slow_reader) as t:
+        stream = t.relay.open_stream(POST)
+        writer = asyncio.create_task(stream.write(body))
+        # The writer spends the whole window and then waits: the reader has read nothing.
+        await until(lambda: t.relay.mux.credit(stream.id) == 0)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not writer.done()
+        sent = sum(len(f.payload) for f in frames_of(t.relay.transport.sent))  # type: ignore[attr-defined]
+        assert sent <= WINDOW + len(POST.encode())  # memory bound: one window in flight
+        gate.set()
+        await writer
+        await stream.end()
+        assert hashlib.sha256(await received).digest() == hashlib.sha256(body).digest()
+        assert await stream.response() == (OK, True)
+
+
+async def test_a_slow_stream_does_not_block_a_fast_one() -> None:
+    big = b"x" * (8 * WINDOW)
+    slow_started = asyncio.Event()
+
+    async def handler(stream: Stream) -> None:
+        assert stream.request is not None
+        stream.reply(OK)
+        if stream.request.target == "/slow":
+            slow_started.set()
+            await stream.write(big)  # blocks: the relay never reads this stream
+        else:
+            await stream.write(b"fast")
+        await stream.end()
+
+    async with tunnel(handler) as t:
+        slow = t.relay.open_stream(RequestHead("GET", "/slow"), end_stream=True)
+        await slow_started.wait()
+        await until(lambda: t.client.mux.credit(slow.id) == 0)
+        fast = t.relay.open_stream(GET, end_stream=True)
+        assert (await fast.response())[0] == OK
+        assert await read_all(fast) == b"fast"
+        # Only now does anyone read the slow stream; all of it arrives.
+        assert t.client.mux.is_live(slow.id)
+        assert await read_all(slow) == big
+
+
+async def test_writes_wait_while_the_transport_is_congested() -> None:
+    """TCP backpressure: a writer pauses while more than the high-water mark is queued."""
+    a, b = MemoryTransport.pair()
+    gate = asyncio.Event()
+    real_send = a.send
+
+    async def congested_send(message: bytes) -> None:
+        await gate.wait()
+        await real_send(message)
+
+    a.send = congested_send  # type: ignore[method-assign]
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def sink(stream: Stream) -> None:
+        received.set_result(len(await read_all(stream)))
+        stream.reply(OK, end_stream=True)
+
+    big_window = 8 << 20
+    relay = make_session(a, Role.RELAY, window=big_window)
+    client = make_session(b, Role.CLIENT, sink, window=big_window)
+    t = Tunnel(relay, client)
+    stream = relay.open_stream(POST)
+    size = 3 * HIGH_WATER_BYTES
+    writer = asyncio.create_task(stream.write(b"z" * size))
+    await until(lambda: relay.mux.pending_bytes + relay._in_flight > HIGH_WATER_BYTES)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not writer.done()
+    gate.set()
+    await writer
+    await stream.end()
+    assert await received == size
+    relay.close()
+    await t.finished()
+
+
+# -- resets ------------------------------------------------------------------------------
+
+
+async def test_relay_reset_cancels_the_client_handler() -> None:
+    cancelled = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(stream: Stream) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a local request that takes forever
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with tunnel(handler) as t:
+        stream = t.relay.open_stream(POST)
+        await started.wait()
+        stream.reset(ResetCode.CANCEL, "visitor left")
+        stream.reset()  # twice: nothing more
+        await asyncio.wait_for(cancelled.wait(), 10)
+        with pytest.raises(StreamReset, match="visitor left"):
+            await stream.read()
+        with pytest.raises(StreamReset):
+            await stream.write(b"x")
+        with pytest.raises(StreamReset):
+            await stream.response()
+        assert isinstance(stream.error, StreamReset)
+        await until(lambda: t.client.open_streams == 0)
+
+
+async def test_client_reset_reaches_the_relay() -> None:
+    async def refuse(stream: Stream) -> None:
+        stream.reset(ResetCode.UPSTREAM_UNAVAILABLE, "nothing listens on port 7860")
+        with pytest.raises(StreamReset):
+            stream.reply(OK)
+
+    async with tunnel(refuse) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        with pytest.raises(StreamReset) as info:
+            await stream.response()
+        assert info.value.code is ResetCode.UPSTREAM_UNAVAILABLE
+        assert info.value.reason == "nothing listens on port 7860"
+
+
+async def test_a_writer_waiting_for_credit_learns_of_a_reset() -> None:
+    async def stalled(stream: Stream) -> None:
+        await asyncio.Event().wait()
+
+    async with tunnel(stalled) as t:
+        stream = t.relay.open_stream(POST)
+        writer = asyncio.create_task(stream.write(b"w" * (4 * WINDOW)))
+        await until(lambda: t.relay.mux.credit(stream.id) == 0)
+        t.client.mux.reset_stream(stream.id, ResetCode.UPSTREAM_ERROR, "gone")
+        t.client.flush()
+        with pytest.raises(StreamReset, match="gone"):
+            await writer
+
+
+async def test_a_reset_after_the_whole_body_keeps_it_readable() -> None:
+    async def answer_then_cancel(stream: Stream) -> None:
+        stream.reply(OK)
+        await stream.write(b"complete")
+        await stream.end()
+        # Returning now leaves the request body unread: the session resets with CANCEL.
+
+    async with tunnel(answer_then_cancel) as t:
+        stream = t.relay.open_stream(POST)
+        await stream.write(b"a body nobody reads")
+        await until(lambda: stream.error is not None)
+        assert stream.error.code is ResetCode.CANCEL  # type: ignore[union-attr]
+        assert await stream.response() == (OK, False)
+        assert await read_all(stream) == b"complete"
+        with pytest.raises(StreamReset, match="response complete"):
+            await stream.write(b"more")
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code", "reason"),
+    [
+        ("raise", ResetCode.INTERNAL_ERROR, "internal error"),
+        ("return", ResetCode.INTERNAL_ERROR, "handler ended without finishing"),
+        ("stream reset", ResetCode.INTERNAL_ERROR, "handler ended without finishing"),
+    ],
+)
+async def test_handlers_that_fail_or_forget_reset_their_stream(
+    behaviour: str, code: ResetCode, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(stream: Stream) -> None:
+        if behaviour == "raise":
+            raise RuntimeError("bug in the local forwarder")
+        if behaviour == "stream reset":
+            raise StreamReset(ResetCode.CANCEL, "a StreamReset escaping is not a bug")
+
+    async with tunnel(handler) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        with pytest.raises(StreamReset) as info:
+            await stream.response()
+        assert (info.value.code, info.value.reason) == (code, reason)
+    assert ("stream handler failed" in caplog.text) == (behaviour == "raise")
+
+
+async def test_a_side_without_handler_refuses_streams() -> None:
+    async with tunnel(None) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        with pytest.raises(StreamReset) as info:
+            await stream.response()
+        assert info.value.code is ResetCode.REFUSED
+
+
+# -- session end -------------------------------------------------------------------------
+
+
+async def test_goaway_fails_pending_reads_on_both_sides() -> None:
+    seen: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def waiting(stream: Stream) -> None:
+        try:
+            await stream.read()
+        except SessionClosed as exc:
+            seen.set_result(exc)
+            raise
+
+    async with tunnel(waiting) as t:
+        stream = t.relay.open_stream(POST)
+        response = asyncio.create_task(stream.response())
+        await until(lambda: t.client.open_streams == 1)
+        t.relay.close(GoAwayCode.SHUTDOWN, "relay restarting")
+        with pytest.raises(SessionClosed, match="relay restarting"):
+            await response
+        error = await asyncio.wait_for(seen, 10)
+        assert isinstance(error, SessionClosed)
+        assert (error.code, error.reason) == (GoAwayCode.SHUTDOWN, "relay restarting")
+        await t.finished()
+        assert await t.client.wait_closed() == t.client.ended
+        assert t.client.ended is not None and t.client.ended.by_peer
+        assert t.relay.ended is not None and not t.relay.ended.by_peer
+        assert not t.client.connection_lost and not t.relay.connection_lost
+        with pytest.raises(SessionClosed):
+            t.relay.open_stream(GET)
+        with pytest.raises(SessionClosed):
+            await stream.write(b"x")
+
+
+async def test_connection_loss_ends_both_sessions() -> None:
+    async def waiting(stream: Stream) -> None:
+        await stream.read()
+
+    async with tunnel(waiting) as t:
+        stream = t.relay.open_stream(POST)
+        await until(lambda: t.client.open_streams == 1)
+        await t.client.transport.close()  # the network drops
+        with pytest.raises(SessionClosed, match="connection lost"):
+            await stream.read()
+        await t.finished()
+        for session in (t.relay, t.client):
+            assert session.connection_lost
+            assert session.ended is not None
+            assert session.ended.code is GoAwayCode.INTERNAL_ERROR
+
+
+async def test_a_failing_transport_is_a_lost_connection() -> None:
+    class Broken(MemoryTransport):
+        async def send(self, message: bytes) -> None:
+            raise ConnectionResetError("peer reset")
+
+    class Deaf(MemoryTransport):
+        async def recv(self) -> bytes | None:
+            raise OSError("read failed")
+
+    for cls in (Broken, Deaf):
+        transport = cls()
+        session = make_session(transport, Role.RELAY)
+        run = asyncio.create_task(session.run())
+        if cls is Broken:
+            session.mux.ping(b"12345678")
+            session.flush()
+        ended = await asyncio.wait_for(run, 10)
+        assert session.connection_lost, cls
+        assert ended.reason == "connection lost"
+
+
+async def test_a_peer_breaking_the_transport_rules_hears_why() -> None:
+    class TextSender(MemoryTransport):
+        async def recv(self) -> bytes | None:
+            raise RemoteProtocolError("text message on the tunnel")
+
+    a, _b = MemoryTransport.pair()
+    transport = TextSender()
+    transport.peer, transport.inbox = a, asyncio.Queue()
+    session = make_session(transport, Role.RELAY)
+    ended = await asyncio.wait_for(session.run(), 10)
+    assert (ended.code, ended.reason) == (GoAwayCode.PROTOCOL_ERROR, "text message on the tunnel")
+    assert not session.connection_lost
+    (goaway,) = frames_of(transport.sent)
+    assert goaway.type is FrameType.GOAWAY and goaway.payload.endswith(
+        b"text message on the tunnel"
+    )
+
+
+async def test_keepalive_ends_a_silent_session() -> None:
+    silent, _peer_end = MemoryTransport.pair()
+    session = make_session(silent, Role.CLIENT, keepalive_s=0.05, keepalive_timeout_s=0.3)
+    ended = await asyncio.wait_for(session.run(), 10)
+    assert ended.code is GoAwayCode.KEEPALIVE_TIMEOUT
+    assert ended.reason.startswith("nothing received for")
+    # It asked before it gave up.
+    sent = frames_of(silent.sent)
+    assert any(f.type is FrameType.PING for f in sent)
+
+
+async def test_keepalive_pings_measure_the_round_trip() -> None:
+    async with tunnel(echo, keepalive_s=0.05, keepalive_timeout_s=30.0) as t:
+        await until(lambda: t.relay.rtt_s is not None and t.client.rtt_s is not None)
+        assert t.relay.ended is None and t.client.ended is None
+        assert 0 <= t.relay.rtt_s < 30  # type: ignore[operator]
+
+
+async def test_close_is_idempotent() -> None:
+    async with tunnel(echo) as t:
+        t.client.close(GoAwayCode.NORMAL, "client done")
+        t.client.close(GoAwayCode.INTERNAL_ERROR, "ignored")
+        await t.finished()
+        assert t.client.ended is not None and t.client.ended.reason == "client done"
+        assert t.relay.ended is not None and t.relay.ended.by_peer
+
+
+# -- WebSocket relay ---------------------------------------------------------------------
+
+
+async def ws_echo(stream: Stream) -> None:
+    assert stream.request is not None and stream.request.websocket
+    stream.reply(SWITCH)
+    while True:
+        item = await stream.receive_message()
+        if isinstance(item, WebSocketClosed):
+            assert await stream.receive_message() == item  # the close stays
+            stream.send_close(item.code, item.reason)
+            return
+        await stream.send_message(item.data, text=item.text)
+
+
+async def test_websocket_messages_are_relayed_whole() -> None:
+    async with tunnel(ws_echo) as t:
+        stream = t.relay.open_stream(WS)
+        assert await stream.response() == (SWITCH, False)
+        big = bytes(range(256)) * 1000  # 256 kB: many windows, many fragments
+        for data, text in [(b"hi", True), (b"", False), (big, False), ("h\u00e9".encode(), True)]:
+            await stream.send_message(data, text=text)
+            item = await stream.receive_message()
+            assert isinstance(item, WebSocketMessage)
+            assert (item.data, item.text) == (data, text)
+        stream.send_close(4000, "bye")
+        assert await stream.receive_message() == WebSocketClosed(4000, "bye")
+        await until(lambda: t.relay.open_streams == 0 and t.client.open_streams == 0)
+
+
+async def test_unread_whole_messages_hold_back_credit() -> None:
+    """A reader that falls behind stops the sender once a window of messages waits."""
+    arrived: asyncio.Queue[Stream] = asyncio.Queue()
+
+    async def lazy(stream: Stream) -> None:
+        stream.reply(SWITCH)
+        arrived.put_nowait(stream)
+        await asyncio.Event().wait()
+
+    async with tunnel(lazy) as t:
+        stream = t.relay.open_stream(WS)
+        await stream.response()
+        local = await arrived.get()
+        await stream.send_message(b"first", text=True)
+        await stream.send_message(b"second", text=True)
+        big = asyncio.create_task(stream.send_message(b"s" * (3 * WINDOW), text=False))
+        await until(lambda: t.relay.mux.credit(stream.id) == 0)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert not big.done()  # whole messages wait unread, so fragments are not granted
+        for expected in (b"first", b"second"):
+            item = await local.receive_message()
+            assert isinstance(item, WebSocketMessage) and item.data == expected
+        await big
+        item = await local.receive_message()
+        assert isinstance(item, WebSocketMessage) and item.data == b"s" * (3 * WINDOW)
+
+
+async def test_an_oversized_websocket_message_resets_the_stream() -> None:
+    async with tunnel(ws_echo, max_ws_message=2 * WINDOW) as t:
+        stream = t.relay.open_stream(WS)
+        await stream.response()
+        with pytest.raises(StreamReset) as info:
+            await stream.send_message(b"x" * (4 * WINDOW), text=False)
+        assert info.value.code is ResetCode.TOO_LARGE
+
+
+async def test_reads_of_a_reset_websocket_raise() -> None:
+    async def reset_after_reply(stream: Stream) -> None:
+        stream.reply(SWITCH)
+        stream.reset(ResetCode.UPSTREAM_ERROR, "origin dropped the socket")
+
+    async with tunnel(reset_after_reply) as t:
+        stream = t.relay.open_stream(WS)
+        with contextlib.suppress(StreamReset):
+            await stream.response()
+        with pytest.raises(StreamReset, match="origin dropped"):
+            await stream.receive_message()
