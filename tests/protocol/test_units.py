@@ -37,9 +37,9 @@ def test_parse_duration_refuses_non_durations(text: str) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text", ["0", "0s", "-1", "nan", "inf", "-inf", "0h0m"])
-def test_parse_duration_refuses_non_positive_durations(text: str) -> None:
-    with pytest.raises(ValueError, match="not a positive duration"):
+@pytest.mark.parametrize("text", ["0", "0s", "-1", "nan", "inf", "-inf", "0h0m", "1e300", "11000d"])
+def test_parse_duration_refuses_durations_out_of_range(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration between 1ms and 10 years"):
         parse_duration(text)
 
 

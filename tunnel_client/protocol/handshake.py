@@ -188,5 +188,5 @@ class Welcome:
             lease=lease,
             window=_int(obj, "window", MIN_WINDOW, MAX_WINDOW),
             keepalive_s=float(keepalive),
-            resumed=bool(obj.get("resumed", False)),
+            resumed=obj.get("resumed", False) is True,
         )

@@ -9,6 +9,9 @@ import re
 
 __all__ = ["format_duration", "parse_duration", "parse_size"]
 
+MAX_DURATION_S = 10 * 365 * 86400.0
+"""Longer durations are surely typos (and overflow timers)."""
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"(\d+)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?", re.IGNORECASE)
@@ -46,8 +49,8 @@ def parse_duration(text: str) -> float:
             raise ValueError(
                 f"{text!r} is not a duration: use e.g. 72h, 90m, 30s, 1h30m or 250ms"
             ) from None
-    if seconds <= 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError(f"{text!r} is not a positive duration")
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise ValueError(f"{text!r} is not a duration between 1ms and 10 years")
     return seconds
 
 
