@@ -246,3 +246,50 @@ def check_config(config: str | None) -> None:
         if key == "token" and value:
             value = "MASKED"
         click.echo(f"{key} = {value if value is not None else '(default)'}")
+
+
+@main.group()
+def gradio() -> None:
+    """Make stock Gradio's share=True use sharetunnel (no code change in the app)."""
+
+
+@gradio.command("install")
+@click.option("--force", is_flag=True, help="Replace a real frpc binary (kept as .orig).")
+def gradio_install(force: bool) -> None:
+    """Put a small program at Gradio's frpc path that runs this client.
+
+    The path follows HF_HOME (or XDG_CACHE_HOME) as Gradio computes it, so run this
+    with the same environment as the app. At share time the program reads
+    TUNNEL_RELAY / TUNNEL_TOKEN / the config file.
+    """
+    from . import frpc_shim
+
+    try:
+        path = frpc_shim.install(force=force)
+    except FileExistsError as exc:
+        click.echo(f"tunnel: {exc}; pass --force to replace it", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"tunnel: cannot install the Gradio shim: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"installed {path}")
+    click.echo(
+        "Gradio's share=True now runs sharetunnel. Set TUNNEL_RELAY (and TUNNEL_TOKEN), and "
+        "GRADIO_SHARE_SERVER_ADDRESS=<relay host:port> so Gradio skips its own server lookup."
+    )
+
+
+@gradio.command("uninstall")
+def gradio_uninstall() -> None:
+    """Remove the program `tunnel gradio install` wrote (never a real frpc)."""
+    from . import frpc_shim
+
+    try:
+        path = frpc_shim.uninstall()
+    except FileExistsError as exc:
+        click.echo(f"tunnel: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"tunnel: cannot remove the Gradio shim: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"removed {path}" if path else f"nothing to remove at {frpc_shim.frpc_path()}")
