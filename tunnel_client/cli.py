@@ -141,6 +141,11 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not print a line per request.")
 @click.option(
+    "--qr/--no-qr",
+    default=None,
+    help="Print the link as a QR code too (default: when the output is a terminal).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="warning",
@@ -151,6 +156,7 @@ def share(
     port: int,
     as_json: bool,
     quiet: bool,
+    qr: bool | None,
     log_level: str,
     password: str | None,
     basic_auth: str | None,
@@ -182,7 +188,12 @@ def share(
         )
     except ConfigError as exc:
         _fail("; ".join(exc.problems), as_json)
-    display: Any = (JsonDisplay if as_json else HumanDisplay)(config.local_label, quiet=quiet)
+    display: Any
+    if as_json:
+        display = JsonDisplay(config.local_label, quiet=quiet)
+    else:
+        show_qr = sys.stdout.isatty() if qr is None else qr
+        display = HumanDisplay(config.local_label, quiet=quiet, qr=show_qr)
     if generated is not None and not as_json:
         click.echo(f"Visitors must log in as user 'share' with password {generated}")
     elif generated is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import sys
 from typing import Any, TextIO
@@ -20,13 +21,22 @@ from .client import (
 from .forwarder import RequestRecord
 from .protocol.units import format_duration
 
-__all__ = ["HumanDisplay", "JsonDisplay", "iso_time"]
+__all__ = ["HumanDisplay", "JsonDisplay", "iso_time", "qr_text"]
 
 LOCAL_ONLY_HINT = (
     "This link works on this machine only (embedded local relay). For a public link, pass "
     '--relay wss://<your relay>, set TUNNEL_RELAY, or put relay = "..." in '
     "~/.config/sharetunnel/client.toml."
 )
+
+
+def qr_text(url: str) -> str:
+    """The link as a QR code in block characters, two modules per character cell."""
+    import segno  # only needed when a QR code is shown
+
+    buffer = io.StringIO()
+    segno.make(url, error="l").terminal(out=buffer, compact=True)
+    return buffer.getvalue().rstrip("\n")
 
 
 def iso_time(unix: float) -> str:
@@ -49,11 +59,13 @@ class HumanDisplay:
         target: str,
         *,
         quiet: bool = False,
+        qr: bool = False,
         out: TextIO | None = None,
         err: TextIO | None = None,
     ) -> None:
         self.target = target
         self.quiet = quiet
+        self.qr = qr
         self.out = out or sys.stdout
         self.err = err or sys.stderr
 
@@ -94,6 +106,8 @@ class HumanDisplay:
         self._print(f"Expires     {_human_time(link.expires_at)}")
         if link.local_only:
             self._print(LOCAL_ONLY_HINT)
+        if self.qr:
+            self._print(qr_text(link.url))
         if not self.quiet:
             self._print("Requests:")
 
