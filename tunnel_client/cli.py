@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import click
 
 from .config import FILE_KEYS, ClientConfig, default_config_path, read_config_file
-from .connection import LinkExpired, RelayRefused, RelayUnavailable
 from .display import HumanDisplay, JsonDisplay
 from .protocol.errors import ConfigError, TunnelError
 from .protocol.units import parse_duration, parse_size
@@ -195,15 +194,18 @@ def share(
         show_qr = sys.stdout.isatty() if qr is None else qr
         display = HumanDisplay(config.local_label, quiet=quiet, qr=show_qr)
     if generated is not None and not as_json:
-        click.echo(f"Visitors must log in as user 'share' with password {generated}")
+        display.out.write(f"Visitors must log in as user 'share' with password {generated}")
     elif generated is not None:
         display.emit("password", user="share", password=generated)
+    failure = None
     try:
         asyncio.run(_run(config, display))
-    except (LinkExpired, RelayRefused, RelayUnavailable) as exc:
-        _fail(str(exc), as_json)
-    except TunnelError as exc:
-        _fail(str(exc), as_json)
+    except TunnelError as exc:  # refusals, an unreachable relay: one line, no traceback
+        failure = str(exc)
+    finally:
+        display.close()  # every queued line out before the error line or the exit
+    if failure is not None:
+        _fail(failure, as_json)
 
 
 def _fail(message: str, as_json: bool) -> None:

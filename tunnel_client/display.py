@@ -19,6 +19,7 @@ from .client import (
     Reconnecting,
 )
 from .forwarder import RequestRecord
+from .output import LineOutput
 from .protocol.units import format_duration
 
 __all__ = ["HumanDisplay", "JsonDisplay", "iso_time", "qr_text"]
@@ -66,13 +67,19 @@ class HumanDisplay:
         self.target = target
         self.quiet = quiet
         self.qr = qr
-        self.out = out or sys.stdout
+        self.out = LineOutput(out or sys.stdout)
         self.err = err or sys.stderr
 
-    def _print(self, text: str, *, to_err: bool = False) -> None:
-        stream = self.err if to_err else self.out
-        stream.write(text + "\n")
-        stream.flush()
+    def _print(self, text: str, *, to_err: bool = False, droppable: bool = False) -> None:
+        if to_err:
+            self.err.write(text + "\n")
+            self.err.flush()
+        else:
+            self.out.write(text, droppable=droppable)
+
+    def close(self) -> None:
+        """Write every queued line."""
+        self.out.close()
 
     def __call__(self, event: ClientEvent) -> None:
         match event:
@@ -117,7 +124,7 @@ class HumanDisplay:
         line = f"{now}  {record.method:<7} {record.path}  {record.status}  {ms:.0f} ms"
         if record.error:
             line += f"  ({record.error})"
-        self._print(line)
+        self._print(line, droppable=True)
 
 
 class JsonDisplay:
@@ -126,11 +133,17 @@ class JsonDisplay:
     def __init__(self, target: str, *, quiet: bool = False, out: TextIO | None = None) -> None:
         self.target = target
         self.quiet = quiet
-        self.out = out or sys.stdout
+        self.out = LineOutput(
+            out or sys.stdout,
+            dropped_line=lambda n: json.dumps({"event": "dropped", "requests": n}),
+        )
 
-    def emit(self, event: str, **fields: Any) -> None:
-        self.out.write(json.dumps({"event": event, **fields}) + "\n")
-        self.out.flush()
+    def emit(self, event: str, *, droppable: bool = False, **fields: Any) -> None:
+        self.out.write(json.dumps({"event": event, **fields}), droppable=droppable)
+
+    def close(self) -> None:
+        """Write every queued line."""
+        self.out.close()
 
     def __call__(self, event: ClientEvent) -> None:
         match event:
@@ -147,6 +160,7 @@ class JsonDisplay:
             case RequestRecord() if not self.quiet:
                 self.emit(
                     "request",
+                    droppable=True,
                     method=event.method,
                     path=event.path,
                     status=event.status,
