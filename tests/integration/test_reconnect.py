@@ -37,6 +37,7 @@ def test_a_cut_connection_comes_back_with_the_same_link(origin: Origin) -> None:
             proxy.cut()
             back = tunnel.wait_event("reconnected", timeout=15)
             elapsed = time.monotonic() - started
+            print(f"\ncut connection: same link back after {elapsed:.2f} s")
             assert back["url"] == tunnel.url
             assert elapsed < 10
             _all_ok(relay.port, tunnel.host)
@@ -78,6 +79,7 @@ def test_a_half_open_connection_is_noticed_by_keepalive(origin: Origin) -> None:
             # Nothing is closed: only missing PING answers can reveal the dead path.
             dropped = tunnel.wait_event("reconnecting", timeout=15)
             noticed = time.monotonic() - started
+            print(f"\nhalf-open path noticed by the client after {noticed:.2f} s")
             assert noticed < 8, noticed  # keepalive 1 s, timeout 3x
             assert "nothing received" in dropped["reason"]
             # The relay freed its side too: visitors get 503, not a hang.
@@ -105,6 +107,7 @@ def test_a_relay_killed_and_restarted_gives_the_link_back(origin: Origin, tmp_pa
         restarted = start_relay("--lease-key", str(key), port=port)
         back = tunnel.wait_event("reconnected", timeout=20)
         elapsed = time.monotonic() - started
+        print(f"\nrelay SIGKILLed and restarted: same link back after {elapsed:.2f} s")
         assert back["url"] == tunnel.url
         assert elapsed < 15, elapsed
         _all_ok(port, tunnel.host)
