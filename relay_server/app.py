@@ -60,6 +60,7 @@ class Relay:
         server = RelayHTTPServer(
             self.dispatch,
             header_timeout_s=self.config.header_timeout_s,
+            max_header_bytes=self.config.max_header_bytes,
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=self.config.idle_timeout_s,
@@ -70,6 +71,9 @@ class Relay:
             max_headers=1024,
             # Bodies pass through byte for byte: never decompress them here.
             auto_decompress=False,
+            # A visitor's upload waits in aiohttp's buffer (up to twice this) while its
+            # stream has no credit; the 256 KiB default would hold 512 KiB+ per upload.
+            read_bufsize=64 * 1024,
         )
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()

@@ -90,7 +90,7 @@ def _rate_allows(relay: Relay, tunnel: Tunnel) -> bool:
     if rate <= 0:
         return True
     now = time.monotonic()
-    burst = rate * 4
+    burst = max(rate * 4, 1.0)  # below 0.25/s, four seconds' worth is not one request
     if tunnel.rate_checked == 0:
         tunnel.rate_tokens = burst
     else:
@@ -167,6 +167,11 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
     )
     try:
         return await _relay_response(relay, request, stream, websocket, public_host)
+    except ConnectionError as exc:
+        # The visitor left just as its answer was being written: nobody is left to tell
+        # (aiohttp fails writing this one quietly), and the stream is reset below.
+        logger.debug("the visitor of stream %d went away: %r", stream.id, exc)
+        return web.Response(status=499)
     finally:
         if pump is not None and not pump.done():
             pump.cancel()
@@ -233,7 +238,9 @@ async def _relay_response(
 ) -> web.StreamResponse:
     timeout = relay.config.response_timeout_s
     try:
-        head, ended = await asyncio.wait_for(stream.response(), timeout)
+        # asyncio.timeout, not wait_for: no extra task and loop turns per request.
+        async with asyncio.timeout(timeout):
+            head, ended = await stream.response()
     except TimeoutError:
         stream.reset(ResetCode.UPSTREAM_TIMEOUT, f"no response within {timeout:g} s")
         return pages.error_response(request, pages.local_timeout(timeout))
@@ -243,7 +250,12 @@ async def _relay_response(
         return pages.error_response(request, pages.client_away())
     if head.status == 101:
         return await _relay_websocket(request, stream, head)
-    response = web.StreamResponse(status=head.status)
+    problem = _length_problem(request, head, ended)
+    if problem is not None:
+        # Passed on, a lying length would desync the visitor's keep-alive connection.
+        stream.reset(ResetCode.PROTOCOL_ERROR, problem)
+        return pages.error_response(request, pages.local_failed(problem))
+    response = _Response(status=head.status)
     host = public_host.rsplit(":", 1)[0].lower() if ":" in public_host else public_host.lower()
     for name, value in response_headers(head.headers, domain=relay.config.domain, host=host):
         response.headers.add(name, value)
@@ -263,6 +275,8 @@ async def _relay_response(
         # No cap on a streaming response, only on silence: a stream that moves no byte
         # for idle_timeout (default 15 min, far above an SSE heartbeat) is dropped.
         async with asyncio.timeout(idle) as deadline:
+            if not stream.has_data:
+                await response.write(b"")  # no body bytes to go with the head: send it now
             while chunk := await stream.read():
                 sent += len(chunk)
                 await response.write(chunk)
@@ -282,6 +296,29 @@ async def _relay_response(
         return response
     await response.write_eof()
     return response
+
+
+class _Response(web.StreamResponse):
+    """A response whose head waits for the first body write (or write_eof).
+
+    aiohttp sends a StreamResponse's head at once; holding it lets a body that arrived
+    with the head (most small responses) leave in the same write and TCP segment.
+    """
+
+    _send_headers_immediately = False
+
+
+def _length_problem(request: web.BaseRequest, head: ResponseHead, ended: bool) -> str | None:
+    """Why a response head's Content-Length cannot frame its body, or None if it can."""
+    lengths = [value.strip() for name, value in head.headers if name.lower() == "content-length"]
+    if not lengths:
+        return None
+    if len(lengths) > 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
+        return f"invalid Content-Length {', '.join(lengths)!r:.100}"
+    bodyless = request.method == "HEAD" or head.status in (204, 304)
+    if ended and not bodyless and int(lengths[0]) != 0:
+        return f"Content-Length {lengths[0]} for a body that was never sent"
+    return None
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from tunnel_client.protocol.aio import Session
 
 __all__ = ["SUBDOMAIN_ALPHABET", "SUBDOMAIN_LENGTH", "Registry", "Tunnel"]
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
 
 SUBDOMAIN_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 SUBDOMAIN_LENGTH = 16
@@ -57,6 +64,10 @@ class Registry:
     def __init__(self) -> None:
         self._tunnels: dict[str, Tunnel] = {}
         self._expired: OrderedDict[str, float] = OrderedDict()
+        # Links per address and per token, kept as counts so that a HELLO costs O(1)
+        # however many links the relay holds.
+        self._per_ip: Counter[str] = Counter()
+        self._per_token: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._tunnels)
@@ -75,11 +86,20 @@ class Registry:
         return self._tunnels.get(subdomain)
 
     def add(self, tunnel: Tunnel) -> None:
+        old = self._tunnels.get(tunnel.subdomain)
+        if old is not None:
+            self.remove(old)
         self._tunnels[tunnel.subdomain] = tunnel
+        self._per_ip[tunnel.client_ip] += 1
+        if tunnel.token_id is not None:
+            self._per_token[tunnel.token_id] += 1
 
     def remove(self, tunnel: Tunnel) -> None:
         if self._tunnels.get(tunnel.subdomain) is tunnel:
             del self._tunnels[tunnel.subdomain]
+            _decrement(self._per_ip, tunnel.client_ip)
+            if tunnel.token_id is not None:
+                _decrement(self._per_token, tunnel.token_id)
 
     def expire(self, tunnel: Tunnel) -> None:
         """Forget a link for good; visitors get 410 from now on."""
@@ -95,15 +115,13 @@ class Registry:
     def expired_at(self, subdomain: str) -> float | None:
         return self._expired.get(subdomain)
 
-    def count_by(self, *, client_ip: str | None = None, token_id: str | None = None) -> int:
-        """Connected links held by one address or one token."""
-        return sum(
-            1
-            for t in self._tunnels.values()
-            if t.connected
-            and (client_ip is None or t.client_ip == client_ip)
-            and (token_id is None or t.token_id == token_id)
-        )
+    def count_by_ip(self, client_ip: str) -> int:
+        """Links (connected, or waiting for their client) held by one address."""
+        return self._per_ip[client_ip]
+
+    def count_by_token(self, token_id: str) -> int:
+        """Links (connected, or waiting for their client) held by one token."""
+        return self._per_token[token_id]
 
     def sweep(self, now: float | None = None, *, grace_s: float) -> list[Tunnel]:
         """Drop links whose client has been away longer than the grace; return them."""

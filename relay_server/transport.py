@@ -6,6 +6,8 @@ import contextlib
 
 from aiohttp import WSMsgType, web
 
+from tunnel_client.protocol.errors import RemoteProtocolError
+
 __all__ = ["AiohttpTransport"]
 
 
@@ -26,7 +28,8 @@ class AiohttpTransport:
         if msg.type is WSMsgType.TEXT:
             # The protocol is binary only: a text message is a broken client.
             self.close_reason = "text message on the tunnel"
-        elif msg.type is WSMsgType.ERROR:
+            raise RemoteProtocolError("text message on the tunnel: the protocol is binary only")
+        if msg.type is WSMsgType.ERROR:
             self.close_reason = f"WebSocket error: {self.ws.exception()}"
         return None
 

@@ -127,6 +127,11 @@ async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamRes
             logger.info("link %s closed by its owner", tunnel.subdomain)
         elif ended.code is GoAwayCode.EXPIRED:
             relay.registry.expire(tunnel)
+        elif ended.code is GoAwayCode.PROTOCOL_ERROR and not ended.by_peer:
+            # A client that broke the protocol is not kept waiting for: its link goes
+            # now (its lease could still bring it back), so misbehaving connections
+            # cannot pile up links.
+            relay.registry.remove(tunnel)
         else:
             tunnel.away_since = time.time()
             logger.info("link %s: client away (%s)", tunnel.subdomain, ended.reason)
@@ -145,6 +150,8 @@ async def _receive_hello(relay: Relay, transport: AiohttpTransport) -> Hello:
         message = await asyncio.wait_for(transport.recv(), relay.config.handshake_timeout_s)
     except TimeoutError:
         raise Refused(GoAwayCode.BAD_REQUEST, "no HELLO within the handshake timeout") from None
+    except RemoteProtocolError as exc:
+        raise Refused(GoAwayCode.PROTOCOL_ERROR, str(exc)) from None
     if message is None:
         raise Refused(GoAwayCode.BAD_REQUEST, "connection closed before HELLO")
     try:
@@ -176,11 +183,11 @@ def _claim_link(relay: Relay, hello: Hello, ip: str) -> tuple[Tunnel, bool]:
         )
     if hello.lease is not None:
         return _resume(relay, hello, ip), True
-    if relay.registry.count_by(client_ip=ip) >= config.tunnels_per_ip:
+    if relay.registry.count_by_ip(ip) >= config.tunnels_per_ip:
         raise Refused(
             GoAwayCode.LIMIT_EXCEEDED, f"this address already holds {config.tunnels_per_ip} links"
         )
-    if token_id is not None and relay.registry.count_by(token_id=token_id) >= (
+    if token_id is not None and relay.registry.count_by_token(token_id) >= (
         config.tunnels_per_token
     ):
         raise Refused(

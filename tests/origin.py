@@ -26,6 +26,9 @@ Run it as a process: ``python -m tests.origin --port 0 --ready-file f`` writes
                        JSON of its length and sha256 (``/stats`` ``slow_upload_bytes``)
 ``/endless``           ``?chunk=65536&interval=0.01``: streams until the visitor leaves;
                        ``/stats`` counts ``endless_started`` and ``endless_closed``
+``/whoami``            any method: what ``/echo`` says, plus this process's ``pid`` (to
+                       tell which origin, hence which tunnel, a request reached)
+``/set-cookies``       one ``Set-Cookie`` header per ``?c=`` value, exactly as given
 =====================  ==============================================================
 """
 
@@ -85,6 +88,19 @@ async def echo(request: web.Request) -> web.Response:
             "sha256": digest.hexdigest(),
         }
     )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    response = await echo(request)
+    assert isinstance(response.body, bytes)
+    return web.json_response({**json.loads(response.body), "pid": os.getpid()})
+
+
+async def set_cookies(request: web.Request) -> web.Response:
+    response = web.Response(text="cookies set\n")
+    for value in request.query.getall("c", []):
+        response.headers.add("Set-Cookie", value)
+    return response
 
 
 async def _send_pattern(request: web.Request, n: int, *, chunked: bool) -> web.StreamResponse:
@@ -301,6 +317,9 @@ def make_app() -> web.Application:
     app.router.add_get("/ws/closed", ws_closed)
     app.router.add_post("/slow-upload", slow_upload)
     app.router.add_get("/endless", endless)
+    app.router.add_route("*", "/whoami", whoami)
+    app.router.add_route("*", "/whoami/{tail:.*}", whoami)
+    app.router.add_get("/set-cookies", set_cookies)
     return app
 
 

@@ -21,6 +21,11 @@ from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
 __all__ = ["FILE_KEYS", "ClientConfig", "default_config_path", "load_defaults", "relay_ws_url"]
 
+CLIENT_WINDOW = 4 * DEFAULT_WINDOW
+"""1 MiB: a bigger window than the relay's, because it is the client's memory, not the
+shared relay's, that it commits, and it lifts upload throughput by about a third
+(bench/run.py: 100 MiB up 227-284 -> 372 MB/s on loopback)."""
+
 FILE_KEYS = frozenset(
     {"relay", "token", "local_host", "ca_file", "stream_window", "ttl", "response_timeout"}
 )
@@ -111,7 +116,8 @@ class ClientConfig:
     """Ask for a shorter link lifetime than the relay's."""
     visitor_auth: str | None = field(default=None, repr=False)
     """``user:password`` visitors must give."""
-    stream_window: int = DEFAULT_WINDOW
+    stream_window: int = CLIENT_WINDOW
+    """Receive window per stream: uploads from visitors flow against it."""
     max_streams: int = 1024
     connect_timeout_s: float = 10.0
     response_timeout_s: float | None = None

@@ -27,6 +27,9 @@ __all__ = ["Forwarder", "RequestRecord"]
 
 logger = logging.getLogger(__name__)
 
+READ_BUFFER_BYTES = 64 * 1024
+"""aiohttp's read buffer per local response (it pauses reading at twice this)."""
+
 # aiohttp would otherwise add its own values for these when the visitor sent none.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _WS_DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
@@ -77,6 +80,9 @@ class Forwarder:
             connector=aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True),
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one visitor's cookies to another
             auto_decompress=False,
+            # aiohttp buffers up to twice this per response before it stops reading the
+            # local server; its 256 KiB default let each stalled download hold ~1.5 MiB.
+            read_bufsize=READ_BUFFER_BYTES,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             skip_auto_headers=_SKIP_AUTO_HEADERS,
         )

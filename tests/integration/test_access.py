@@ -138,10 +138,12 @@ def test_self_signed_tls_serves_https_and_wss(origin: Origin) -> None:
 
 def test_an_operator_certificate_is_served(origin: Origin, tmp_path: Path) -> None:
     cert, key = make_self_signed("localhost", tmp_path)
-    with run_relay("--tls-cert", str(cert), "--tls-key", str(key)) as relay:
-        with run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel:
-            assert tunnel.url.startswith("https://")
-            assert _https_get(relay.port, tunnel.host, cert)[0] == 200
+    with (
+        run_relay("--tls-cert", str(cert), "--tls-key", str(key)) as relay,
+        run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel,
+    ):
+        assert tunnel.url.startswith("https://")
+        assert _https_get(relay.port, tunnel.host, cert)[0] == 200
 
 
 @pytest.mark.parametrize(
