@@ -445,8 +445,8 @@ def log(text: str) -> None:
 def product_env(args: argparse.Namespace, role: str, stamp: str) -> dict[str, str]:
     """Environment for the relay/client: the hooks first on the path (see hooks/)."""
     env = {"PYTHONPATH": os.pathsep.join([str(HOOKS), str(ROOT)])}
-    if args.uvloop:
-        env["BENCH_UVLOOP"] = "1"
+    if args.asyncio:
+        env["BENCH_ASYNCIO"] = "1"
     if args.cprofile:
         env["BENCH_CPROFILE"] = str(RESULTS / f"{stamp}-{role}")
     return env
@@ -704,7 +704,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(ALL_CASES)}",
     )
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
-    parser.add_argument("--uvloop", action="store_true", help="run relay and client on uvloop")
+    parser.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="run relay and client on asyncio's own loop, not uvloop (to compare)",
+    )
     parser.add_argument(
         "--quiet-client", action="store_true", help="tunnel --quiet (no per-request lines)"
     )
@@ -761,7 +765,7 @@ def main(argv: list[str] | None = None) -> None:
         f"load generator: {generator}"
         + (" (wrk -t1, keep-alive)" if generator == "wrk" else " (Python aiohttp, slower)"),
         f"runs per case: {args.repeat} (medians), {args.duration:g} s per req/s run; "
-        f"relay/client on {'uvloop' if args.uvloop else 'asyncio'}; "
+        f"relay/client on {'asyncio' if args.asyncio else 'uvloop'}; "
         f"client {'--quiet' if args.quiet_client else 'logs every request (--json)'}",
         f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
         f"on {os.cpu_count()} cores; wall time {time.perf_counter() - started:.0f} s",

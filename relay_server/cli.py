@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tunnel_client.protocol.aio import run
 from tunnel_client.protocol.errors import ConfigError
 from tunnel_client.protocol.units import format_duration, parse_duration, parse_size
 
@@ -287,7 +288,7 @@ def main(**options: Any) -> None:
             click.echo(f"tunnel-relay: {problem}", err=True)
         sys.exit(2)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(config))
+        run(_serve(config))
 
 
 def default_lease_key_path() -> Path:

@@ -19,6 +19,7 @@ import click
 
 from .config import FILE_KEYS, ClientConfig, default_config_path, read_config_file
 from .display import HumanDisplay, JsonDisplay
+from .protocol.aio import run
 from .protocol.errors import ConfigError, TunnelError
 from .protocol.units import parse_duration, parse_size
 
@@ -199,7 +200,7 @@ def share(
         display.emit("password", user="share", password=generated)
     failure = None
     try:
-        asyncio.run(_run(config, display))
+        run(_run(config, display))
     except TunnelError as exc:  # refusals, an unreachable relay: one line, no traceback
         failure = str(exc)
     finally:

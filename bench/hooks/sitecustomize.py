@@ -3,7 +3,8 @@
 This directory is put first on PYTHONPATH of those processes only, so Python imports
 this file at start-up (``sitecustomize``) before the CLI runs:
 
-* ``BENCH_UVLOOP=1``: run asyncio on uvloop (to measure what it would bring).
+* ``BENCH_ASYNCIO=1``: hide uvloop, so the product runs on asyncio's own loop (to
+  measure what uvloop brings).
 * ``BENCH_CPROFILE=<prefix>``: profile the main thread with cProfile and write
   ``<prefix>.<pid>.prof`` at exit (the processes exit cleanly on SIGINT/SIGTERM).
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 import atexit
 import os
 
-if os.environ.get("BENCH_UVLOOP") == "1":
-    import uvloop
+if os.environ.get("BENCH_ASYNCIO") == "1":
+    import sys
 
-    uvloop.install()
+    sys.modules["uvloop"] = None  # type: ignore[assignment]  # import uvloop now fails
 
 _prefix = os.environ.get("BENCH_CPROFILE")
 if _prefix:
