@@ -12,11 +12,18 @@ from aiohttp import web
 
 from tunnel_client.protocol.aio import Session
 from tunnel_client.protocol.errors import GoAwayCode, RemoteProtocolError
-from tunnel_client.protocol.frames import MAX_MESSAGE_BYTES, Frame, FrameType, decode_frames
+from tunnel_client.protocol.frames import (
+    MAX_MESSAGE_BYTES,
+    FrameType,
+    decode_frames,
+    encode_frame,
+    goaway_frame,
+)
 from tunnel_client.protocol.handshake import PROTOCOL_VERSION, Hello, Welcome
 from tunnel_client.protocol.mux import Mux, Role
 
 from .errors import LeaseExpired, LeaseInvalid
+from .forwarding import peer_address
 from .leases import Lease, hash_secret
 from .registry import Tunnel
 from .transport import AiohttpTransport
@@ -38,20 +45,6 @@ class Refused(Exception):
         self.reason = reason
 
 
-def _goaway(code: GoAwayCode, reason: str) -> bytes:
-    from tunnel_client.protocol.frames import encode_frame
-
-    payload = code.to_bytes(4, "big") + reason.encode()[:1024]
-    return encode_frame(Frame(FrameType.GOAWAY, 0, 0, payload))
-
-
-def client_address(relay: Relay, request: web.BaseRequest) -> str:
-    """The visitor's or client's address, believing X-Forwarded-For only from a front."""
-    from .forwarding import peer_address
-
-    return peer_address(request, relay.config.trusted_proxies)
-
-
 async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamResponse:
     """Serve one tunnel client for as long as its WebSocket lives."""
     if not relay.accepting:
@@ -65,14 +58,14 @@ async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamRes
     )
     await ws.prepare(request)
     transport = AiohttpTransport(ws)
-    ip = client_address(relay, request)
+    ip = peer_address(request, relay.config.trusted_proxies)
     try:
         hello = await _receive_hello(relay, transport)
         tunnel, resumed = _claim_link(relay, hello, ip)
     except Refused as refusal:
         logger.info("refused tunnel from %s: %s", ip, refusal.reason)
         with contextlib.suppress(Exception):
-            await ws.send_bytes(_goaway(refusal.code, refusal.reason))
+            await ws.send_bytes(encode_frame(goaway_frame(refusal.code, refusal.reason)))
         await transport.close()
         return ws
     log = logging.LoggerAdapter(logger, {"link": tunnel.subdomain})

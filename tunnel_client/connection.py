@@ -16,7 +16,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from .protocol.errors import GoAwayCode, RemoteProtocolError, TunnelError
-from .protocol.frames import MAX_MESSAGE_BYTES, FrameType, decode_frames
+from .protocol.frames import MAX_MESSAGE_BYTES, FrameType, decode_frames, parse_goaway
 from .protocol.handshake import Hello, Welcome
 
 __all__ = [
@@ -161,8 +161,7 @@ async def open_tunnel(
         frames = decode_frames(message)
         frame = frames[0]
         if frame.type is FrameType.GOAWAY:
-            code = GoAwayCode(int.from_bytes(frame.payload[:4], "big"))
-            reason = frame.payload[4:].decode("utf-8", "replace")
+            code, reason = parse_goaway(frame.payload)
             await transport.close()
             if code is GoAwayCode.AUTH_FAILED:
                 raise AuthRejected(code, reason)

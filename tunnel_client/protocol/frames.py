@@ -44,7 +44,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import GoAwayCode, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "HEADER",
@@ -57,7 +57,12 @@ __all__ = [
     "FrameType",
     "decode_frames",
     "encode_frame",
+    "goaway_frame",
+    "parse_goaway",
+    "reason_bytes",
 ]
+
+_U32 = struct.Struct("!I")
 
 HEADER = struct.Struct("!BBII")
 """type u8, flags u8, stream id u32, payload length u32."""
@@ -169,6 +174,27 @@ def check_frame(type_: FrameType, flags: int, stream_id: int, length: int) -> st
     if not low <= length <= high:
         return f"{type_.name} payload of {length} bytes (allowed {low}..{high})"
     return None
+
+
+def goaway_frame(code: GoAwayCode, reason: str) -> Frame:
+    """A GOAWAY frame; the reason is cut to :data:`MAX_REASON_BYTES` of valid UTF-8."""
+    return Frame(FrameType.GOAWAY, 0, 0, _U32.pack(code) + reason_bytes(reason))
+
+
+def parse_goaway(payload: bytes) -> tuple[GoAwayCode, str]:
+    """The code and reason of a GOAWAY payload; unknown codes read as INTERNAL_ERROR."""
+    (raw,) = _U32.unpack_from(payload)
+    try:
+        code = GoAwayCode(raw)
+    except ValueError:
+        code = GoAwayCode.INTERNAL_ERROR
+    return code, payload[4:].decode("utf-8", "replace")
+
+
+def reason_bytes(reason: str) -> bytes:
+    """A reason as UTF-8, cut to :data:`MAX_REASON_BYTES` without splitting a character."""
+    raw = reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]
+    return raw.decode("utf-8", "ignore").encode()
 
 
 def encode_frame(frame: Frame) -> bytes:

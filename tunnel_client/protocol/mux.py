@@ -58,11 +58,13 @@ from .events import (
 from .frames import (
     HEADER,
     MAX_PAYLOAD,
-    MAX_REASON_BYTES,
     Flags,
     Frame,
     FrameType,
     decode_frames,
+    goaway_frame,
+    parse_goaway,
+    reason_bytes,
 )
 from .heads import RequestHead, ResponseHead
 from .window import ReceiveWindow, SendCredit
@@ -141,11 +143,6 @@ def _frozen(data: Bytes, n: int) -> Bytes:
     if isinstance(data, memoryview) and isinstance(data.obj, bytes) and data.itemsize == 1:
         return data[:n]
     return bytes(data[:n])
-
-
-def _reason_bytes(reason: str) -> bytes:
-    raw = reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]
-    return raw.decode("utf-8", "ignore").encode()
 
 
 def _reason_text(raw: bytes) -> str:
@@ -314,7 +311,7 @@ class Mux:
 
     def _fail(self, code: GoAwayCode, reason: str) -> None:
         self.logger.info("! closing session: %s", reason)
-        self._emit(FrameType.GOAWAY, 0, 0, _U32.pack(code) + _reason_bytes(reason))
+        self._emit(FrameType.GOAWAY, 0, 0, goaway_frame(code, reason).payload)
         self._end(SessionEnded(code, reason, by_peer=False))
 
     def _end(self, event: SessionEnded) -> None:
@@ -459,12 +456,8 @@ class Mux:
             self._emit_control(FrameType.PING, Flags.ACK, 0, frame.payload)
 
     def _on_goaway(self, frame: Frame) -> None:
-        (raw_code,) = _U32.unpack_from(frame.payload)
-        try:
-            code = GoAwayCode(raw_code)
-        except ValueError:
-            code = GoAwayCode.INTERNAL_ERROR
-        self._end(SessionEnded(code, _reason_text(frame.payload[4:]), by_peer=True))
+        code, reason = parse_goaway(frame.payload)
+        self._end(SessionEnded(code, reason, by_peer=True))
 
     # -- sending ------------------------------------------------------------------------
 
@@ -565,14 +558,14 @@ class Mux:
         if not 1000 <= code <= 4999:
             code = 1011
         stream.local_open = False
-        self._emit(FrameType.CLOSE, 0, stream_id, _U16.pack(code) + _reason_bytes(reason))
+        self._emit(FrameType.CLOSE, 0, stream_id, _U16.pack(code) + reason_bytes(reason))
         self._forget_if_done(stream)
 
     def reset_stream(self, stream_id: int, code: ResetCode, reason: str = "") -> None:
         """Abort a stream in both directions. Does nothing if it already ended."""
         if self.ended is not None or self._streams.pop(stream_id, None) is None:
             return
-        self._emit(FrameType.RESET, 0, stream_id, _U32.pack(code) + _reason_bytes(reason))
+        self._emit(FrameType.RESET, 0, stream_id, _U32.pack(code) + reason_bytes(reason))
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         """Say the application took ``n`` received bytes of a stream; may grant credit."""
@@ -594,6 +587,6 @@ class Mux:
         """End the session with GOAWAY. Does nothing if it already ended."""
         if self.ended is not None:
             return
-        self._emit(FrameType.GOAWAY, 0, 0, _U32.pack(code) + _reason_bytes(reason))
+        self._emit(FrameType.GOAWAY, 0, 0, goaway_frame(code, reason).payload)
         self.ended = SessionEnded(code, reason, by_peer=False)
         self._streams.clear()
