@@ -185,6 +185,29 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
             stream.reset(ResetCode.CANCEL, "the visitor went away")
 
 
+class _IdleDeadline:
+    """Pushes an ``asyncio.timeout`` back whenever bytes move, cheaply.
+
+    Moving a timer is a heap operation and bytes move once per chunk, so the deadline is
+    moved only once a sixteenth of the timeout has passed since it last was: a silent
+    stream is cut after between 15/16 and all of the idle timeout.
+    """
+
+    __slots__ = ("_idle", "_loop", "_next_move", "_timeout")
+
+    def __init__(self, timeout: asyncio.Timeout, idle: float) -> None:
+        self._timeout = timeout
+        self._idle = idle
+        self._loop = asyncio.get_running_loop()
+        self._next_move = self._loop.time() + idle / 16
+
+    def progress(self) -> None:
+        now = self._loop.time()
+        if now >= self._next_move:
+            self._timeout.reschedule(now + self._idle)
+            self._next_move = now + self._idle / 16
+
+
 async def _pump_body(
     request: web.BaseRequest, stream: Stream, limit: int | None, idle: float
 ) -> None:
@@ -193,9 +216,9 @@ async def _pump_body(
         # Visitors that ask (curl does above 1 MiB) wait for this before sending a body.
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     total = 0
-    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(idle) as deadline:
+        async with asyncio.timeout(idle) as idle_timer:
+            deadline = _IdleDeadline(idle_timer, idle)
             while True:
                 chunk = await request.content.readany()
                 if not chunk:
@@ -205,7 +228,7 @@ async def _pump_body(
                     stream.reset(ResetCode.TOO_LARGE, f"request body over {limit} bytes")
                     return
                 await stream.write(chunk)
-                deadline.reschedule(loop.time() + idle)
+                deadline.progress()
         await stream.end()
     except TimeoutError:
         stream.reset(ResetCode.CANCEL, f"the visitor's upload stalled for {idle:g} s")
@@ -270,17 +293,17 @@ async def _relay_response(
         return response
     sent = 0
     idle = relay.config.idle_timeout_s
-    loop = asyncio.get_running_loop()
     try:
         # No cap on a streaming response, only on silence: a stream that moves no byte
         # for idle_timeout (default 15 min, far above an SSE heartbeat) is dropped.
-        async with asyncio.timeout(idle) as deadline:
+        async with asyncio.timeout(idle) as idle_timer:
+            deadline = _IdleDeadline(idle_timer, idle)
             if not stream.has_data:
                 await response.write(b"")  # no body bytes to go with the head: send it now
             while chunk := await stream.read():
                 sent += len(chunk)
                 await response.write(chunk)
-                deadline.reschedule(loop.time() + idle)
+                deadline.progress()
     except TimeoutError:
         logger.info("stream %d idle for %g s: closing it", stream.id, idle)
         stream.reset(ResetCode.CANCEL, f"no data for {idle:g} s")

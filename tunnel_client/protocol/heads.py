@@ -56,7 +56,9 @@ HOP_BY_HOP = frozenset(
 )
 """Headers that describe one connection, never forwarded by a proxy (RFC 9110 §7.6.1)."""
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TCHAR_RUN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(_TCHAR_RUN + r"\Z")
+_TOKENS = re.compile(rf"(?:{_TCHAR_RUN}\n)*{_TCHAR_RUN}")  # names joined by newlines
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 
@@ -64,21 +66,39 @@ _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop hop-by-hop headers, including every header named in ``Connection``."""
     pairs = list(headers)
-    named = {
+    drop = HOP_BY_HOP | {
         token.strip().lower()
         for name, value in pairs
         if name.lower() == "connection"
         for token in value.split(",")
     }
-    return [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+    return [(n, v) for n, v in pairs if n.lower() not in drop]
 
 
 def _check_headers(raw: Any, error: type[ProtocolError]) -> Headers:
+    """Validate header pairs from the wire; return them as a tuple of tuples.
+
+    Heads are checked on every request, so the common case (all valid) is done in bulk:
+    one regex over all names and one over all values. Only a failure walks the pairs
+    one by one, to say which header is wrong.
+    """
     if not isinstance(raw, list | tuple):
         raise error("headers must be a list of [name, value] pairs")
     if len(raw) > MAX_HEADERS:
         raise error(f"{len(raw)} headers exceed the limit of {MAX_HEADERS}")
-    checked: list[tuple[str, str]] = []
+    if not raw:
+        return ()
+    if all(type(pair) in (list, tuple) and len(pair) == 2 for pair in raw):
+        checked = tuple((name, value) for name, value in raw)
+        if all(type(name) is str and type(value) is str for name, value in checked):
+            names = "\n".join(name for name, _ in checked)
+            if (
+                _TOKENS.fullmatch(names)
+                # a newline inside a name would pass as two names: count them
+                and names.count("\n") == len(checked) - 1
+                and not _BAD_VALUE.search("\t".join(value for _, value in checked))
+            ):
+                return checked
     for pair in raw:
         if not isinstance(pair, list | tuple) or len(pair) != 2:
             raise error("each header must be a [name, value] pair")
@@ -87,8 +107,7 @@ def _check_headers(raw: Any, error: type[ProtocolError]) -> Headers:
             raise error(f"invalid header name {name!r:.80}")
         if not isinstance(value, str) or _BAD_VALUE.search(value):
             raise error(f"invalid value for header {name}")
-        checked.append((name, value))
-    return tuple(checked)
+    return tuple((name, value) for name, value in raw)
 
 
 def _check_request(
