@@ -194,10 +194,8 @@ def share(
     else:
         show_qr = sys.stdout.isatty() if qr is None else qr
         display = HumanDisplay(config.local_label, quiet=quiet, qr=show_qr)
-    if generated is not None and not as_json:
-        display.out.write(f"Visitors must log in as user 'share' with password {generated}")
-    elif generated is not None:
-        display.emit("password", user="share", password=generated)
+    if generated is not None:
+        display.login = ("share", generated)
     failure = None
     try:
         run(_run(config, display))

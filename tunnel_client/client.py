@@ -137,6 +137,7 @@ class TunnelClient:
         self._stopping = asyncio.Event()
         self._session: Session | None = None
         self._secret = secrets.token_urlsafe(32)
+        self._local_status: LocalStatus | None = None
 
     async def wait_ready(self) -> Link:
         """The link, once the relay gave it; raises what made the first connect fail."""
@@ -176,11 +177,8 @@ class TunnelClient:
             forwarder = await stack.enter_async_context(
                 Forwarder(config.local_host, config.port, on_request=self.on_event)
             )
-            self.on_event(
-                LocalStatus(
-                    await local_port_open(config.local_host, config.port), config.local_label
-                )
-            )
+            listening = await local_port_open(config.local_host, config.port)
+            self._local_status = LocalStatus(listening, config.local_label)
             await self._serve(target, forwarder, local_only)
 
     async def _serve(self, target: RelayTarget, forwarder: Forwarder, local_only: bool) -> None:
@@ -241,7 +239,9 @@ class TunnelClient:
             if self.link is None:
                 self.link = link
                 self._ready.set_result(link)
-                self.on_event(Ready(link))
+                self.on_event(Ready(link))  # always the first event a user sees
+                if self._local_status is not None:
+                    self.on_event(self._local_status)
             else:
                 self.link = link
                 self.on_event(Reconnected(link, attempt))

@@ -67,6 +67,8 @@ class HumanDisplay:
         self.target = target
         self.quiet = quiet
         self.qr = qr
+        self.login: tuple[str, str] | None = None
+        """A generated visitor login to show with the link."""
         self.out = LineOutput(out or sys.stdout)
         self.err = err or sys.stderr
 
@@ -111,6 +113,8 @@ class HumanDisplay:
     def _ready(self, link: Link) -> None:
         self._print(f"Forwarding  {link.url}  ->  http://{self.target}")
         self._print(f"Expires     {_human_time(link.expires_at)}")
+        if self.login is not None:
+            self._print(f"Login       user {self.login[0]!r}, password {self.login[1]!r}")
         if link.local_only:
             self._print(LOCAL_ONLY_HINT)
         if self.qr:
@@ -133,6 +137,8 @@ class JsonDisplay:
     def __init__(self, target: str, *, quiet: bool = False, out: TextIO | None = None) -> None:
         self.target = target
         self.quiet = quiet
+        self.login: tuple[str, str] | None = None
+        """A generated visitor login, sent in the ready event."""
         self.out = LineOutput(
             out or sys.stdout,
             dropped_line=lambda n: json.dumps({"event": "dropped", "requests": n}),
@@ -148,12 +154,16 @@ class JsonDisplay:
     def __call__(self, event: ClientEvent) -> None:
         match event:
             case Ready(link=link):
+                login: dict[str, Any] = (
+                    {"user": self.login[0], "password": self.login[1]} if self.login else {}
+                )
                 self.emit(
                     "ready",
                     url=link.url,
                     expires_at=iso_time(link.expires_at),
                     local=f"http://{self.target}",
                     local_only=link.local_only,
+                    **login,
                 )
             case LocalStatus(listening=listening, target=target):
                 self.emit("local", listening=listening, target=target)

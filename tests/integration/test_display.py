@@ -50,3 +50,19 @@ def test_no_qr_code_when_piped_or_refused(origin: Origin) -> None:
         for args in ((), ("--no-qr",)):
             lines = _human_output(origin, relay.url, *args)
             assert lines[2] == "Requests:", lines
+
+
+def test_the_first_json_line_is_the_ready_event(origin: Origin) -> None:
+    from tests.processes import start_tunnel
+
+    with run_relay() as relay:
+        # Port 1 on loopback has nothing listening: a "local" warning follows, never leads.
+        for port in (origin.port, 1):
+            tunnel = start_tunnel(port, relay=relay)
+            try:
+                if port == 1:
+                    tunnel.wait_event("local", listening=False)
+            finally:
+                tunnel.stop()
+            assert tunnel.events[0]["event"] == "ready", tunnel.events
+            assert tunnel.events[0]["expires_at"].endswith("Z")
