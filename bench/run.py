@@ -707,7 +707,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--asyncio",
         action="store_true",
-        help="run relay and client on asyncio's own loop, not uvloop (to compare)",
+        help="run the relay on asyncio's own loop, not uvloop (to compare)",
     )
     parser.add_argument(
         "--quiet-client", action="store_true", help="tunnel --quiet (no per-request lines)"
@@ -765,7 +765,7 @@ def main(argv: list[str] | None = None) -> None:
         f"load generator: {generator}"
         + (" (wrk -t1, keep-alive)" if generator == "wrk" else " (Python aiohttp, slower)"),
         f"runs per case: {args.repeat} (medians), {args.duration:g} s per req/s run; "
-        f"relay/client on {'asyncio' if args.asyncio else 'uvloop'}; "
+        f"relay on {'asyncio' if args.asyncio else 'uvloop'}, client on asyncio; "
         f"client {'--quiet' if args.quiet_client else 'logs every request (--json)'}",
         f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
         f"on {os.cpu_count()} cores; wall time {time.perf_counter() - started:.0f} s",

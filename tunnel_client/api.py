@@ -19,7 +19,6 @@ from typing import Any
 
 from .client import ClientEvent, Link, TunnelClient
 from .config import ClientConfig, load_defaults
-from .protocol.aio import new_event_loop
 from .protocol.units import parse_duration
 
 __all__ = ["AsyncShare", "Share", "async_share", "build_config", "share"]
@@ -127,7 +126,7 @@ class Share:
         self, config: ClientConfig, on_event: Callable[[ClientEvent], None] | None = None
     ) -> None:
         self._async = AsyncShare(config, on_event)
-        self._loop = new_event_loop()
+        self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="sharetunnel", daemon=True)

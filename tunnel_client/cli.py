@@ -19,7 +19,6 @@ import click
 
 from .config import FILE_KEYS, ClientConfig, default_config_path, read_config_file
 from .display import HumanDisplay, JsonDisplay
-from .protocol.aio import run
 from .protocol.errors import ConfigError, TunnelError
 from .protocol.units import parse_duration, parse_size
 
@@ -198,7 +197,7 @@ def share(
         display.login = ("share", generated)
     failure = None
     try:
-        run(_run(config, display))
+        asyncio.run(_run(config, display))
     except TunnelError as exc:  # refusals, an unreachable relay: one line, no traceback
         failure = str(exc)
     finally:

@@ -272,10 +272,8 @@ async def _serve(args: FrpcArgs, env: Mapping[str, str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run as Gradio's frpc: print the link, then serve it quietly until told to stop."""
-    from .protocol.aio import run
-
     args = parse_frpc_args(sys.argv[1:] if argv is None else argv)
-    return run(_serve(args, os.environ))
+    return asyncio.run(_serve(args, os.environ))
 
 
 if __name__ == "__main__":

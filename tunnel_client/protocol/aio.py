@@ -23,9 +23,9 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 from .errors import (
     GoAwayCode,
@@ -57,8 +57,6 @@ __all__ = [
     "Stream",
     "WebSocketClosed",
     "WebSocketMessage",
-    "new_event_loop",
-    "run",
 ]
 
 HIGH_WATER_BYTES = 1 << 20
@@ -69,29 +67,6 @@ DEFAULT_MAX_WS_MESSAGE = 16 << 20
 CLOSE_GRACE_S = 5.0
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop where it is installed, else asyncio's.
-
-    Through the tunnel uvloop costs 5-20% less CPU per request in relay and client and
-    carries 3-20% more requests per second (``bench/run.py`` against ``bench/run.py
-    --asyncio``, four A/B pairs on a noisy 2-core machine); the code runs the same on
-    either, and the whole test suite runs on it.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on :func:`new_event_loop`."""
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(main)
 
 
 class MessageTransport(Protocol):
