@@ -87,6 +87,11 @@ class Origin:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def stats(self) -> dict[str, int]:
+        """The origin's counters (``/stats``), asked directly."""
+        reply = fetch(self.port, f"127.0.0.1:{self.port}", "/stats", timeout=10)
+        return json.loads(reply.body)  # type: ignore[no-any-return]
+
 
 @contextlib.contextmanager
 def run_origin() -> Iterator[Origin]:

@@ -9,7 +9,6 @@ the same tunnel is not held up by the slow one.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import socket
 import threading
@@ -206,15 +205,6 @@ def test_slow_1gib_download_keeps_memory_bounded_and_other_requests_prompt(
         assert record["bytes"] < reader.received + 64 * MIB, record
 
 
-def origin_stats(origin: Origin) -> dict[str, int]:
-    conn = http.client.HTTPConnection("127.0.0.1", origin.port, timeout=10)
-    try:
-        conn.request("GET", "/stats")
-        return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
-    finally:
-        conn.close()
-
-
 @dataclass
 class FastSender:
     """Pushes an upload body as fast as the relay lets it, until stopped."""
@@ -242,7 +232,7 @@ class FastSender:
 def test_large_upload_to_a_slow_local_server_keeps_relay_memory_bounded(origin: Origin) -> None:
     with run_relay() as relay, run_tunnel(origin.port, relay=relay) as tunnel:
         baseline = warm_up(relay, tunnel)
-        before = origin_stats(origin)["slow_upload_bytes"]
+        before = origin.stats()["slow_upload_bytes"]
         widest = 0
         with watch_rss({"relay": relay.proc.pid, "client": tunnel.proc.pid}) as watch:
             sock = open_visitor(relay.port)
@@ -258,14 +248,14 @@ def test_large_upload_to_a_slow_local_server_keeps_relay_memory_bounded(origin: 
                 deadline = time.monotonic() + SLOW_FOR_S
                 while time.monotonic() < deadline:
                     # How far the visitor got ahead of what the local server consumed.
-                    received = origin_stats(origin)["slow_upload_bytes"] - before
+                    received = origin.stats()["slow_upload_bytes"] - before
                     widest = max(widest, sender.sent - received)
                     time.sleep(0.1)
                 sender.stop.set()
                 thread.join(10)
             finally:
                 sock.close()
-        received = origin_stats(origin)["slow_upload_bytes"] - before
+        received = origin.stats()["slow_upload_bytes"] - before
         assert sender.error is None, f"sender failed: {sender.error!r}"
         assert received > MIB, f"the local server got only {received} bytes"
         # Without backpressure, loopback takes the whole GiB within a second or two.

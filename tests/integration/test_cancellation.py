@@ -7,8 +7,6 @@ module's own, so no other test's requests can move its counters.
 
 from __future__ import annotations
 
-import http.client
-import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -43,15 +41,6 @@ def quiet_link(quiet_origin: Origin) -> Iterator[tuple[RelayProcess, TunnelProce
         yield relay, tunnel
 
 
-def stats(origin: Origin) -> dict[str, int]:
-    conn = http.client.HTTPConnection("127.0.0.1", origin.port, timeout=10)
-    try:
-        conn.request("GET", "/stats")
-        return json.loads(conn.getresponse().read())  # type: ignore[no-any-return]
-    finally:
-        conn.close()
-
-
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll a condition on another process; return how long it took to hold."""
     started = time.monotonic()
@@ -72,17 +61,17 @@ def test_visitor_leaving_a_pending_request_cancels_it_locally(
     quiet_origin: Origin, quiet_link: tuple[RelayProcess, TunnelProcess]
 ) -> None:
     relay, tunnel = quiet_link
-    before = stats(quiet_origin)
+    before = quiet_origin.stats()
     sock = visitor(relay, tunnel, "/hold")
     try:
         wait_until(
-            lambda: stats(quiet_origin)["held"] > before["held"], 15, "the /hold request arriving"
+            lambda: quiet_origin.stats()["held"] > before["held"], 15, "the /hold request arriving"
         )
-        assert stats(quiet_origin)["cancelled"] == before["cancelled"]
+        assert quiet_origin.stats()["cancelled"] == before["cancelled"]
     finally:
         sock.close()
     wait_until(
-        lambda: stats(quiet_origin)["cancelled"] > before["cancelled"],
+        lambda: quiet_origin.stats()["cancelled"] > before["cancelled"],
         NOTICE_S,
         "the origin seeing the cancellation",
     )
@@ -94,7 +83,7 @@ def test_visitor_leaving_mid_download_closes_the_local_response(
     quiet_origin: Origin, quiet_link: tuple[RelayProcess, TunnelProcess]
 ) -> None:
     relay, tunnel = quiet_link
-    before = stats(quiet_origin)
+    before = quiet_origin.stats()
     path = "/endless?chunk=16384&interval=0.01"
     sock = visitor(relay, tunnel, path)
     try:
@@ -103,13 +92,13 @@ def test_visitor_leaving_mid_download_closes_the_local_response(
             chunk = sock.recv(65536)
             assert chunk, "the download ended by itself"
             received += len(chunk)
-        now = stats(quiet_origin)
+        now = quiet_origin.stats()
         assert now["endless_started"] == before["endless_started"] + 1
         assert now["endless_closed"] == before["endless_closed"]
     finally:
         sock.close()
     wait_until(
-        lambda: stats(quiet_origin)["endless_closed"] > before["endless_closed"],
+        lambda: quiet_origin.stats()["endless_closed"] > before["endless_closed"],
         NOTICE_S,
         "the origin's streaming response being closed",
     )
