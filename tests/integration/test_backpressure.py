@@ -85,6 +85,7 @@ def warm_up(relay: RelayProcess, tunnel: TunnelProcess) -> dict[str, int]:
 def assert_bounded(watch: RssWatch, baseline: dict[str, int]) -> None:
     for name, base in baseline.items():
         grew = watch.peaks[name] - base
+        print(f"\n{name} RSS {base / MIB:.1f} -> peak {watch.peaks[name] / MIB:.1f} MiB")
         assert grew < RSS_HEADROOM, (
             f"{name} RSS grew by {grew / MIB:.1f} MiB (baseline {base / MIB:.1f} MiB, "
             f"peak {watch.peaks[name] / MIB:.1f} MiB); bound {RSS_HEADROOM / MIB:.0f} MiB"
