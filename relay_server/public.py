@@ -155,7 +155,6 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
     except LocalProtocolError as exc:
         return pages.error_response(request, pages.bad_request(f"Unusable request: {exc}."))
     has_body = request.body_exists and not websocket
-    tunnel.requests += 1
     try:
         stream = session.open_stream(head, end_stream=not has_body and not websocket)
     except SessionClosed:

@@ -49,7 +49,6 @@ class Tunnel:
     session: Session | None = None
     away_since: float | None = None
     """When the client dropped; None while connected."""
-    requests: int = 0
     rate_tokens: float = 0.0
     rate_checked: float = 0.0
 

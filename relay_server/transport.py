@@ -16,7 +16,6 @@ class AiohttpTransport:
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
-        self.close_reason: str | None = None
 
     async def send(self, message: bytes) -> None:
         await self.ws.send_bytes(message)
@@ -27,11 +26,8 @@ class AiohttpTransport:
             return msg.data  # type: ignore[no-any-return]
         if msg.type is WSMsgType.TEXT:
             # The protocol is binary only: a text message is a broken client.
-            self.close_reason = "text message on the tunnel"
             raise RemoteProtocolError("text message on the tunnel: the protocol is binary only")
-        if msg.type is WSMsgType.ERROR:
-            self.close_reason = f"WebSocket error: {self.ws.exception()}"
-        return None
+        return None  # closed, or a transport error: the session ends either way
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -17,7 +17,6 @@ from tunnel_client.protocol.heads import (
     MAX_TARGET_BYTES,
     RequestHead,
     ResponseHead,
-    headers_from,
     strip_hop_by_hop,
 )
 
@@ -79,10 +78,6 @@ def test_asterisk_target_and_non_ascii_path() -> None:
     # aiohttp hands over undecodable path bytes as surrogate escapes: they survive.
     target = "/caf\u00e9/\udcff"
     assert RequestHead.decode(request_json(target=target)).target == target
-
-
-def test_headers_from() -> None:
-    assert headers_from([("a", "1"), ("B", "2")]) == (("a", "1"), ("B", "2"))
 
 
 # -- hostile JSON -------------------------------------------------------------------------

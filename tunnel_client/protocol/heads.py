@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,8 +248,3 @@ class ResponseHead:
         object.__setattr__(head, "status", status)
         object.__setattr__(head, "headers", headers)
         return head
-
-
-def headers_from(pairs: Sequence[tuple[str, str]]) -> Headers:
-    """Freeze header pairs into the tuple form heads hold."""
-    return tuple((str(n), str(v)) for n, v in pairs)
