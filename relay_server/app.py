@@ -13,24 +13,25 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from . import pages
 from .config import RelayConfig
+from .directory import Limits, MemoryDirectory
+from .endpoint import accept_tunnel
+from .forwarding import peer_address
 from .http_server import RelayHTTPServer
 from .leases import LeaseSigner, load_or_create_key
 from .public import handle_public
-from .registry import Registry
 from .tokens import TokenStore
-from .tunnel import accept_tunnel
 
 __all__ = ["Relay"]
 
 logger = logging.getLogger(__name__)
-
-SWEEP_INTERVAL_S = 5.0
 
 
 class Relay:
@@ -38,7 +39,15 @@ class Relay:
 
     def __init__(self, config: RelayConfig, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config
-        self.registry = Registry()
+        self.directory = MemoryDirectory(
+            Limits(
+                ttl_s=config.ttl_s,
+                reconnect_grace_s=config.reconnect_grace_s,
+                tunnels_per_ip=config.tunnels_per_ip,
+                tunnels_per_token=config.tunnels_per_token,
+            ),
+            url_for=lambda sub: config.link_for(sub, self.port),
+        )
         self.signer = LeaseSigner(load_or_create_key(config.lease_key))
         self.tokens = TokenStore(config.tokens_file)
         self.ssl_context = ssl_context
@@ -50,7 +59,7 @@ class Relay:
         self._idle = asyncio.Event()
         self._idle.set()
         self._runner: web.ServerRunner | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -88,7 +97,6 @@ class Relay:
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
-        self._sweeper = asyncio.create_task(self._sweep_loop())
         logger.info(
             "relay listening on %s://%s:%d for *.%s",
             "https" if self.ssl_context else "http",
@@ -117,24 +125,34 @@ class Relay:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
-        sessions = [t.session for t in self.registry if t.session is not None]
-        for session in sessions:
-            session.close(GoAwayCode.SHUTDOWN, "the relay is restarting: reconnect with your lease")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(s.wait_closed() for s in sessions), return_exceptions=True), 5
-            )
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for link in self.directory.links():
+            if link.session is not None:
+                link.session.close(
+                    GoAwayCode.SHUTDOWN, "the relay is restarting: reconnect with your lease"
+                )
+        if self._tasks:
+            # Sessions end once their GOAWAY is out; each releases its link as it ends.
+            _, late = await asyncio.wait(set(self._tasks), timeout=5)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
+        self.directory.close()
         if self._runner is not None:
             await self._runner.cleanup()
         logger.info("relay stopped")
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            for tunnel in self.registry.sweep(grace_s=self.config.reconnect_grace_s):
-                logger.info("link %s dropped: its client stayed away", tunnel.subdomain)
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run work that must outlive the request handler that started it."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("tunnel task failed", exc_info=task.exception())
 
     # -- routing ------------------------------------------------------------------------
 
@@ -178,11 +196,17 @@ class Relay:
 
     def health(self, request: web.BaseRequest) -> web.Response:
         """Liveness and a few numbers, as JSON."""
+        by_state = self.directory.by_state()
         return web.json_response(
             {
                 "status": "ok" if self.accepting else "shutting-down",
-                "tunnels": len(self.registry),
-                "connected": sum(1 for t in self.registry if t.connected),
+                "tunnels": sum(by_state.values()),
+                "connected": by_state["live"],
+                "links": by_state,
+                # Only the asker's own count: other addresses are none of its business.
+                "links_from_you": self.directory.count_by_ip(
+                    peer_address(request, self.config.trusted_proxies)
+                ),
                 "inflight": self.inflight,
                 "uptime_s": round(time.time() - self.started_at, 1),
             },

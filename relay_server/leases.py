@@ -1,7 +1,9 @@
 """Signed leases: a client's proof that a link is its own, until the link expires.
 
 A lease is ``base64url(payload) "." base64url(signature)`` where the payload is JSON
-``{"s": subdomain, "e": expires_at, "k": sha256(client secret)}`` and the signature is
+``{"s": subdomain, "e": expires_at, "k": sha256(client secret), "t": token id}`` (``t``
+only for links made with a token, so per-token limits keep counting a link that comes
+back after a relay restart) and the signature is
 Ed25519 over the payload bytes. The relay hands one out in every WELCOME. To reclaim a
 link after a drop or a relay restart, a client sends the lease *and* its secret; a lease
 alone (copied from a log, say) is useless to anyone else. The signing key lives in a file
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -81,6 +84,8 @@ class Lease:
     subdomain: str
     expires_at: float
     key_hash: str
+    token_id: str | None = None
+    """The id of the token the link was made with (see :class:`~.tokens.TokenStore`)."""
 
 
 class LeaseSigner:
@@ -92,10 +97,14 @@ class LeaseSigner:
         self._clock = clock
 
     def issue(self, lease: Lease) -> str:
-        payload = json.dumps(
-            {"s": lease.subdomain, "e": lease.expires_at, "k": lease.key_hash},
-            separators=(",", ":"),
-        ).encode()
+        fields: dict[str, object] = {
+            "s": lease.subdomain,
+            "e": lease.expires_at,
+            "k": lease.key_hash,
+        }
+        if lease.token_id is not None:
+            fields["t"] = lease.token_id
+        payload = json.dumps(fields, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._key.sign(payload))}"
 
     def verify(self, token: str, client_secret: str) -> Lease:
@@ -112,9 +121,15 @@ class LeaseSigner:
         except (ValueError, binascii.Error, InvalidSignature):
             raise LeaseInvalid("the lease was not issued by this relay") from None
         try:
-            fields = json.loads(payload)
-            lease = Lease(str(fields["s"]), float(fields["e"]), str(fields["k"]))
-        except (ValueError, KeyError, TypeError):
+            claims: dict[str, Any] = json.loads(payload)
+            token_id = claims.get("t")
+            lease = Lease(
+                str(claims["s"]),
+                float(claims["e"]),
+                str(claims["k"]),
+                None if token_id is None else str(token_id),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise LeaseInvalid("the lease is malformed") from None
         if lease.expires_at <= self._clock():
             raise LeaseExpired(lease.subdomain, lease.expires_at)

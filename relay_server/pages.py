@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from tunnel_client.protocol.errors import GoAwayCode
+
 __all__ = ["ErrorPage", "error_response"]
 
 _HTML = """<!doctype html>
@@ -99,6 +101,28 @@ def client_away() -> ErrorPage:
         "Try again in a few seconds. If you own this link, check that `tunnel` is still "
         "running and online.",
         retry_after_s=5,
+    )
+
+
+def revoked() -> ErrorPage:
+    return ErrorPage(
+        410,
+        "Link taken down",
+        "The operator of this relay took this share link down.",
+        "If you own this link and think this is a mistake, contact the relay's operator.",
+    )
+
+
+def owner_lost(code: GoAwayCode) -> ErrorPage:
+    """The owner's connection ended while it held this (already forwarded) request."""
+    silent = code is GoAwayCode.KEEPALIVE_TIMEOUT
+    return ErrorPage(
+        504 if silent else 502,
+        "The link's owner stopped responding" if silent else "The link's owner disconnected",
+        "Your request reached the computer sharing this link, which then "
+        f"{'stopped responding' if silent else 'went offline'} before it answered. "
+        "The request may or may not have been carried out.",
+        "Check whether it took effect before you send it again.",
     )
 
 

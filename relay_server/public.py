@@ -32,8 +32,8 @@ from tunnel_client.protocol.errors import (
 from tunnel_client.protocol.heads import RequestHead, ResponseHead
 
 from . import pages
+from .directory import Link, LinkState
 from .forwarding import forward_request_headers, peer_address, response_headers
-from .registry import Tunnel
 
 if TYPE_CHECKING:
     from .app import Relay
@@ -72,7 +72,7 @@ def _wants_websocket(request: web.BaseRequest) -> bool:
     )
 
 
-def _authorized(tunnel: Tunnel, request: web.BaseRequest) -> bool:
+def _authorized(tunnel: Link, request: web.BaseRequest) -> bool:
     assert tunnel.visitor_auth is not None
     scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "basic":
@@ -84,7 +84,7 @@ def _authorized(tunnel: Tunnel, request: web.BaseRequest) -> bool:
     return hmac.compare_digest(given.encode(), tunnel.visitor_auth.encode())
 
 
-def _rate_allows(relay: Relay, tunnel: Tunnel) -> bool:
+def _rate_allows(relay: Relay, tunnel: Link) -> bool:
     """Token bucket per link: ``rate_per_link`` per second, bursts of four seconds' worth."""
     rate = relay.config.rate_per_link
     if rate <= 0:
@@ -105,13 +105,16 @@ def _rate_allows(relay: Relay, tunnel: Tunnel) -> bool:
 async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
     """Serve one visitor request for the link ``sub``."""
     config = relay.config
-    tunnel = relay.registry.get(sub)
+    tunnel = relay.directory.get(sub)
     if tunnel is None:
-        expired_at = relay.registry.expired_at(sub)
-        if expired_at is not None:
-            when = datetime.datetime.fromtimestamp(expired_at, datetime.UTC)
-            return pages.error_response(request, pages.expired(f"{when:%Y-%m-%d %H:%M} UTC"))
-        return pages.error_response(request, pages.not_found())
+        ended = relay.directory.ended(sub)
+        if ended is None or ended[0] is LinkState.GONE:
+            return pages.error_response(request, pages.not_found())
+        state, expired_at = ended
+        if state is LinkState.REVOKED:
+            return pages.error_response(request, pages.revoked())
+        when = datetime.datetime.fromtimestamp(expired_at, datetime.UTC)
+        return pages.error_response(request, pages.expired(f"{when:%Y-%m-%d %H:%M} UTC"))
     if _header_bytes(request) > config.max_header_bytes:
         return pages.error_response(request, pages.headers_too_large(config.max_header_bytes))
     target = _origin_form(request)
@@ -268,8 +271,10 @@ async def _relay_response(
         return pages.error_response(request, pages.local_timeout(timeout))
     except StreamReset as reset:
         return pages.error_response(request, _error_page_for(relay, reset))
-    except SessionClosed:
-        return pages.error_response(request, pages.client_away())
+    except SessionClosed as closed:
+        # The request was already forwarded: it may have run, so the visitor must not
+        # read "offline, try again" (a retried POST would run twice).
+        return pages.error_response(request, pages.owner_lost(closed.code))
     if head.status == 101:
         return await _relay_websocket(request, stream, head)
     problem = _length_problem(request, head, ended)

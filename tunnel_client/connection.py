@@ -15,9 +15,9 @@ from pathlib import Path
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from .protocol.errors import GoAwayCode, RemoteProtocolError, TunnelError
-from .protocol.frames import MAX_MESSAGE_BYTES, FrameType, decode_frames, parse_goaway
-from .protocol.handshake import Hello, Welcome
+from .protocol.errors import GoAwayCode, HandshakeRefused, RemoteProtocolError, TunnelError
+from .protocol.frames import MAX_MESSAGE_BYTES
+from .protocol.handshake import Hello, Welcome, read_welcome
 
 __all__ = [
     "AuthRejected",
@@ -37,18 +37,8 @@ class RelayUnavailable(TunnelError):
     """The relay could not be reached or dropped us; trying again may work."""
 
 
-class RelayRefused(TunnelError):
-    """The relay answered the HELLO with GOAWAY; :attr:`code` says why."""
-
-    def __init__(self, code: GoAwayCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-    @property
-    def retryable(self) -> bool:
-        """A relay that is shutting down or busy may take us later (or another node may)."""
-        return self.code in (GoAwayCode.SHUTDOWN, GoAwayCode.INTERNAL_ERROR)
+class RelayRefused(HandshakeRefused):
+    """The relay answered the HELLO with GOAWAY (or ended the link); :attr:`code` says why."""
 
 
 class AuthRejected(RelayRefused):
@@ -158,20 +148,12 @@ async def open_tunnel(
         await transport.close()
         raise RelayUnavailable("the relay closed the connection during the handshake")
     try:
-        frames = decode_frames(message)
-        frame = frames[0]
-        if frame.type is FrameType.GOAWAY:
-            code, reason = parse_goaway(frame.payload)
-            await transport.close()
-            if code is GoAwayCode.AUTH_FAILED:
-                raise AuthRejected(code, reason)
-            if code is GoAwayCode.EXPIRED:
-                raise LinkExpired(code, reason)
-            raise RelayRefused(code, reason)
-        if frame.type is not FrameType.WELCOME or len(frames) != 1:
-            raise RemoteProtocolError("the relay's first message must be one WELCOME frame")
-        welcome = Welcome.decode(frame.payload)
-    except (RemoteProtocolError, ValueError) as exc:
+        welcome = read_welcome(message)
+    except HandshakeRefused as refused:
+        await transport.close()
+        kind = {GoAwayCode.AUTH_FAILED: AuthRejected, GoAwayCode.EXPIRED: LinkExpired}
+        raise kind.get(refused.code, RelayRefused)(refused.code, refused.reason) from None
+    except RemoteProtocolError as exc:
         await transport.close()
         raise RelayRefused(
             GoAwayCode.PROTOCOL_ERROR, f"the relay broke the protocol: {exc}"

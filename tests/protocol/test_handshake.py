@@ -11,9 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.protocol.helpers import examples
-from tunnel_client.protocol.errors import RemoteProtocolError
+from tunnel_client.protocol.errors import GoAwayCode, HandshakeRefused, RemoteProtocolError
 from tunnel_client.protocol.frames import FrameType, decode_frames
-from tunnel_client.protocol.handshake import PROTOCOL_VERSION, Hello, Welcome
+from tunnel_client.protocol.handshake import (
+    PROTOCOL_VERSION,
+    Hello,
+    Welcome,
+    read_hello,
+    read_welcome,
+    refusal,
+)
 from tunnel_client.protocol.window import MAX_WINDOW, MIN_WINDOW
 
 SECRET = "s" * 32
@@ -212,3 +219,46 @@ def test_property_garbage_raises_only_remote_protocol_error(payload: bytes) -> N
     for decode in (Hello.decode, Welcome.decode):
         with contextlib.suppress(RemoteProtocolError):
             decode(payload)
+
+
+# -- the handshake's rules, shared by both sides ------------------------------------------
+
+
+def test_read_hello_returns_the_hello() -> None:
+    assert read_hello(FULL_HELLO.encode()) == FULL_HELLO
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        (WELCOME.encode(), GoAwayCode.PROTOCOL_ERROR),  # not a HELLO
+        (HELLO.encode() + HELLO.encode(), GoAwayCode.PROTOCOL_ERROR),  # two frames
+        (b"\x00", GoAwayCode.PROTOCOL_ERROR),  # not a frame at all
+        (refusal(HandshakeRefused(GoAwayCode.NORMAL, "x")), GoAwayCode.PROTOCOL_ERROR),
+        (
+            Hello(version=99, window=65536, max_streams=1, client_secret=SECRET).encode(),
+            GoAwayCode.VERSION_MISMATCH,
+        ),
+    ],
+)
+def test_read_hello_refuses_anything_else_with_a_code(message: bytes, code: GoAwayCode) -> None:
+    with pytest.raises(HandshakeRefused) as refused:
+        read_hello(message)
+    assert refused.value.code is code and refused.value.reason
+
+
+def test_a_refusal_reaches_the_client_as_the_same_refusal() -> None:
+    sent = HandshakeRefused(GoAwayCode.LIMIT_EXCEEDED, "this address already holds 20 links")
+    with pytest.raises(HandshakeRefused) as got:
+        read_welcome(refusal(sent))
+    assert (got.value.code, got.value.reason) == (sent.code, sent.reason)
+    assert not got.value.retryable
+    assert HandshakeRefused(GoAwayCode.SHUTDOWN, "").retryable
+
+
+def test_read_welcome_returns_the_welcome_and_rejects_other_frames() -> None:
+    assert read_welcome(WELCOME.encode()) == WELCOME
+    with pytest.raises(RemoteProtocolError):
+        read_welcome(HELLO.encode())
+    with pytest.raises(RemoteProtocolError):
+        read_welcome(WELCOME.encode() + WELCOME.encode())

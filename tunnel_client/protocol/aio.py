@@ -14,6 +14,16 @@ Three tasks run per session:
   the read loop (which only ever queues small control frames).
 * the **keepalive loop** PINGs a quiet session and ends one that stays silent longer
   than the keepalive timeout (a half-open connection).
+
+A side that stood still (a process stopped with SIGSTOP, a laptop that slept) finds,
+when it wakes, messages its peer sent long ago, and a peer that has probably given up on
+it and answered those requests' visitors already. Running them now could run a request
+twice, so a session that sees its own loop stood still longer than a third of the
+keepalive timeout ends at once (KEEPALIVE_TIMEOUT) without dispatching anything more.
+The bound: the peer PINGs after one keepalive interval of silence and this side answers
+at once, so before the stall this side had sent something within 1.5 intervals; a stall
+of at most one interval (a third of the timeout) keeps the peer's silence under 2.5
+intervals, short of the 3 intervals after which it gives up.
 """
 
 from __future__ import annotations
@@ -347,6 +357,8 @@ class Session:
         self._in_flight = 0
         self._loop = asyncio.get_running_loop()
         self._last_received = self._loop.time()
+        self._last_tick = self._last_received
+        """When the keepalive loop last ran: a long gap means this side stood still."""
         self.ended: SessionEnded | None = None
         """How the session ended, once it has."""
         self.connection_lost = False
@@ -469,7 +481,8 @@ class Session:
             except Exception as exc:  # a transport should return None; be safe anyway
                 self.log.debug("transport receive failed: %r", exc)
                 return
-            if message is None:
+            # The keepalive loop may have ended the session while this waited.
+            if message is None or self._closed_meanwhile() or self._stalled():
                 return
             self._last_received = self._loop.time()
             self.mux.receive_message(message)
@@ -512,7 +525,11 @@ class Session:
         interval = self.keepalive_s
         while self.ended is None:
             await asyncio.sleep(interval / 2)
-            silent = self._loop.time() - self._last_received
+            if self._stalled():
+                await self.transport.close()
+                return
+            self._last_tick = self._loop.time()
+            silent = self._last_tick - self._last_received
             if silent > self.keepalive_timeout_s:
                 self.log.warning("no sign of life from the peer for %.1f s: closing", silent)
                 self.close(GoAwayCode.KEEPALIVE_TIMEOUT, f"nothing received for {silent:.0f} s")
@@ -523,6 +540,18 @@ class Session:
                 self._ping_sent_at = {payload: self._loop.time()}
                 self.mux.ping(payload)
                 self.flush()
+
+    def _closed_meanwhile(self) -> bool:
+        return self.ended is not None
+
+    def _stalled(self) -> bool:
+        """End the session if this side stood still too long (see the module docstring)."""
+        stood = self._loop.time() - self._last_tick
+        if stood <= self.keepalive_timeout_s / 3:
+            return False
+        self.log.warning("this side stood still for %.1f s: its peer has given up on it", stood)
+        self.close(GoAwayCode.KEEPALIVE_TIMEOUT, f"stood still for {stood:.0f} s")
+        return True
 
     def _dispatch(self, event: Event) -> None:
         match event:

@@ -8,6 +8,7 @@ Every exception raised by sharetunnel derives from :class:`TunnelError`::
     │   └── RemoteProtocolError    the peer did: the session ends with GOAWAY(PROTOCOL_ERROR)
     │       └── FlowControlError   the peer sent more than its credit, or overflowed a window
     ├── InvalidState               an API used in the wrong state (also an AssertionError)
+    ├── HandshakeRefused           .code/.reason; the relay answered HELLO with GOAWAY
     ├── StreamReset                .code: ResetCode; one stream ended abnormally
     ├── SessionClosed              .code/.reason; the whole session is gone
     └── ConfigError                .problems: every problem found, collected at once
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "FlowControlError",
     "GoAwayCode",
+    "HandshakeRefused",
     "InvalidState",
     "LocalProtocolError",
     "ProtocolError",
@@ -112,6 +114,24 @@ class FlowControlError(RemoteProtocolError):
 
 class InvalidState(TunnelError, AssertionError):
     """An API was used in a state that forbids it (write after end, reply twice...)."""
+
+
+class HandshakeRefused(TunnelError):
+    """The relay refused a HELLO: :attr:`code` says why, :attr:`reason` in words.
+
+    The relay raises it to refuse (and sends it as GOAWAY); the client raises it when it
+    reads that GOAWAY. Whether trying again can help follows from the code alone.
+    """
+
+    def __init__(self, code: GoAwayCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        """A relay that is shutting down or failed may take us later (or another node may)."""
+        return self.code in (GoAwayCode.SHUTDOWN, GoAwayCode.INTERNAL_ERROR)
 
 
 class StreamReset(TunnelError):

@@ -6,6 +6,14 @@ token, expired lease, limits) and closes. Streams open only after the WELCOME. B
 payloads are JSON objects; unknown keys are ignored so either side can add optional
 keys without a new version. A side that does not speak ``version`` answers GOAWAY
 ``VERSION_MISMATCH``.
+
+Both sides run the handshake through this module, so its rules are written once:
+
+* the relay calls :func:`read_hello` on the first message; it raises
+  :class:`~.errors.HandshakeRefused`, which the relay sends back with :func:`refusal`
+  (its own refusals, such as a bad token, are the same exception);
+* the client sends :meth:`Hello.encode` and calls :func:`read_welcome` on the answer,
+  which returns the WELCOME or raises the relay's refusal as ``HandshakeRefused``.
 """
 
 from __future__ import annotations
@@ -14,11 +22,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from .errors import RemoteProtocolError
-from .frames import Frame, FrameType, encode_frame
+from .errors import GoAwayCode, HandshakeRefused, RemoteProtocolError
+from .frames import Frame, FrameType, decode_frames, encode_frame, goaway_frame, parse_goaway
 from .window import MAX_WINDOW, MIN_WINDOW
 
-__all__ = ["PROTOCOL_VERSION", "Hello", "Welcome"]
+__all__ = ["PROTOCOL_VERSION", "Hello", "Welcome", "read_hello", "read_welcome", "refusal"]
 
 PROTOCOL_VERSION = 1
 MAX_CREDENTIAL_CHARS = 4096
@@ -190,3 +198,52 @@ class Welcome:
             keepalive_s=float(keepalive),
             resumed=obj.get("resumed", False) is True,
         )
+
+
+def _only_frame(message: bytes, expected: FrameType, what: str) -> Frame:
+    frames = decode_frames(message)
+    if len(frames) != 1 or frames[0].type not in (expected, FrameType.GOAWAY):
+        raise RemoteProtocolError(f"the first message must be exactly one {what} frame")
+    return frames[0]
+
+
+def read_hello(message: bytes) -> Hello:
+    """(relay) Check the client's first message and return its HELLO.
+
+    Raises:
+        HandshakeRefused: PROTOCOL_ERROR for anything but one valid HELLO frame,
+            VERSION_MISMATCH for another protocol version. Send it with :func:`refusal`.
+    """
+    try:
+        frame = _only_frame(message, FrameType.HELLO, "HELLO")
+        if frame.type is not FrameType.HELLO:
+            raise RemoteProtocolError("the first message must be exactly one HELLO frame")
+        hello = Hello.decode(frame.payload)
+    except RemoteProtocolError as exc:
+        raise HandshakeRefused(GoAwayCode.PROTOCOL_ERROR, str(exc)) from None
+    if hello.version != PROTOCOL_VERSION:
+        raise HandshakeRefused(
+            GoAwayCode.VERSION_MISMATCH,
+            f"this relay speaks protocol version {PROTOCOL_VERSION}, not {hello.version}: "
+            "upgrade sharetunnel",
+        )
+    return hello
+
+
+def refusal(refused: HandshakeRefused) -> bytes:
+    """(relay) The message that tells the client why its HELLO was refused."""
+    return encode_frame(goaway_frame(refused.code, refused.reason))
+
+
+def read_welcome(message: bytes) -> Welcome:
+    """(client) The relay's answer to HELLO.
+
+    Raises:
+        HandshakeRefused: the relay refused (its GOAWAY's code and reason).
+        RemoteProtocolError: the answer is neither one WELCOME nor one GOAWAY frame.
+    """
+    frame = _only_frame(message, FrameType.WELCOME, "WELCOME")
+    if frame.type is FrameType.GOAWAY:
+        code, reason = parse_goaway(frame.payload)
+        raise HandshakeRefused(code, reason)
+    return Welcome.decode(frame.payload)

@@ -1,0 +1,165 @@
+"""The ``/_tunnel`` WebSocket endpoint: the handshake, then the session, for one client.
+
+aiohttp cancels a handler when its TCP connection drops, at whatever ``await`` it is
+in. So the handler only hands the connection to a task the relay owns; that task runs
+the handshake and the session, and releases its claim on the link in a ``finally``
+that no dropped connection can skip. The link directory hears "live" only once the
+WELCOME is on the wire, and hears "released" on every way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from tunnel_client.protocol.aio import Session
+from tunnel_client.protocol.errors import GoAwayCode, HandshakeRefused, RemoteProtocolError
+from tunnel_client.protocol.frames import MAX_MESSAGE_BYTES
+from tunnel_client.protocol.handshake import Hello, Welcome, read_hello, refusal
+from tunnel_client.protocol.mux import Mux, Role
+
+from .directory import Claim
+from .errors import LeaseExpired, LeaseInvalid
+from .forwarding import peer_address
+from .leases import Lease, hash_secret
+from .transport import AiohttpTransport
+
+if TYPE_CHECKING:
+    from .app import Relay
+
+__all__ = ["accept_tunnel"]
+
+logger = logging.getLogger(__name__)
+
+
+async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamResponse:
+    """Serve one tunnel client for as long as its WebSocket lives."""
+    if not relay.accepting:
+        return web.Response(status=503, text="relay is shutting down; try another node\n")
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_MESSAGE_BYTES + 1024,
+        compress=False,
+        autoping=True,
+        heartbeat=None,  # the protocol's own PING detects dead peers
+        timeout=2.0,  # a closing handshake on a dead path must not hold the session
+    )
+    await ws.prepare(request)
+    ip = peer_address(request, relay.config.trusted_proxies)
+    serving = relay.spawn(_serve(relay, AiohttpTransport(ws), ip))
+    # If this handler is cancelled (the connection dropped), the task sees the same drop
+    # as the end of its transport and finishes its bookkeeping on its own: wait() never
+    # cancels what it waits for.
+    await asyncio.wait({serving})
+    return ws
+
+
+async def _serve(relay: Relay, transport: AiohttpTransport, ip: str) -> None:
+    try:
+        handshake = await _handshake(relay, transport, ip)
+    except HandshakeRefused as refused:
+        logger.info("refused tunnel from %s: %s", ip, refused.reason)
+        with contextlib.suppress(Exception):
+            await transport.send(refusal(refused))
+        await transport.close()
+        return
+    if handshake is None:
+        await transport.close()
+        return
+    hello, claim = handshake
+    try:
+        await _run_session(relay, transport, hello, claim, ip)
+    finally:
+        relay.directory.release(claim)
+
+
+async def _run_session(
+    relay: Relay, transport: AiohttpTransport, hello: Hello, claim: Claim, ip: str
+) -> None:
+    config, link = relay.config, claim.link
+    log = logging.LoggerAdapter(logger, {"link": link.subdomain})
+    mux = Mux(
+        Role.RELAY,
+        window=config.stream_window,
+        peer_window=hello.window,
+        max_streams=min(hello.max_streams, config.max_streams),
+        logger=log,
+    )
+    session = Session(
+        transport,
+        mux,
+        keepalive_s=config.keepalive_s,
+        keepalive_timeout_s=config.keepalive_s * 3,
+        log=log,
+    )
+    welcome = Welcome(
+        url=link.url,
+        subdomain=link.subdomain,
+        expires_at=link.expires_at,
+        lease=relay.signer.issue(
+            Lease(link.subdomain, link.expires_at, link.key_hash, link.token_id)
+        ),
+        window=config.stream_window,
+        keepalive_s=config.keepalive_s,
+        resumed=claim.resumed,
+    )
+    try:
+        await transport.send(welcome.encode())
+    except Exception as exc:  # the peer vanished mid-handshake: nothing was attached
+        logger.debug("WELCOME to %s not sent: %r", ip, exc)
+        await transport.close()
+        return
+    relay.directory.welcome(claim, session, visitor_auth=hello.visitor_auth)
+    logger.info(
+        "link %s %s for %s (%s)",
+        link.subdomain,
+        "resumed" if claim.resumed else "created",
+        ip,
+        hello.agent or "unknown client",
+    )
+    ended = await session.run()
+    logger.info("link %s: connection ended (%s)", link.subdomain, ended.reason or ended.code.name)
+
+
+async def _handshake(
+    relay: Relay, transport: AiohttpTransport, ip: str
+) -> tuple[Hello, Claim] | None:
+    """Read HELLO and claim the link it asks for; None if the client left first."""
+    try:
+        message = await asyncio.wait_for(transport.recv(), relay.config.handshake_timeout_s)
+    except TimeoutError:
+        raise HandshakeRefused(
+            GoAwayCode.BAD_REQUEST, "no HELLO within the handshake timeout"
+        ) from None
+    except RemoteProtocolError as exc:
+        raise HandshakeRefused(GoAwayCode.PROTOCOL_ERROR, str(exc)) from None
+    if message is None:
+        return None
+    hello = read_hello(message)
+    token_id = relay.tokens.check(hello.token)
+    if relay.tokens.required and token_id is None:
+        raise HandshakeRefused(
+            GoAwayCode.AUTH_FAILED,
+            "this relay requires a valid token: pass --token or set TUNNEL_TOKEN"
+            if hello.token is None
+            else "the token was not accepted by this relay",
+        )
+    if hello.lease is None:
+        claim = relay.directory.claim_new(
+            client_ip=ip,
+            token_id=token_id,
+            key_hash=hash_secret(hello.client_secret),
+            ttl_s=None if hello.ttl_s is None else float(hello.ttl_s),
+        )
+        return hello, claim
+    try:
+        lease = relay.signer.verify(hello.lease, hello.client_secret)
+    except LeaseExpired as exc:
+        relay.directory.note_expired(exc.subdomain, exc.expires_at)
+        raise HandshakeRefused(GoAwayCode.EXPIRED, str(exc)) from None
+    except LeaseInvalid as exc:
+        raise HandshakeRefused(GoAwayCode.AUTH_FAILED, str(exc)) from None
+    return hello, relay.directory.claim_lease(lease, client_ip=ip)
