@@ -29,6 +29,8 @@ Run it as a process: ``python -m tests.origin --port 0 --ready-file f`` writes
 ``/whoami``            any method: what ``/echo`` says, plus this process's ``pid`` (to
                        tell which origin, hence which tunnel, a request reached)
 ``/set-cookies``       one ``Set-Cookie`` header per ``?c=`` value, exactly as given
+``/count``             any method: counts the request under ``?key=`` (``/stats``
+                       ``count:<key>``), after reading its body
 =====================  ==============================================================
 """
 
@@ -253,6 +255,14 @@ async def endless(request: web.Request) -> web.StreamResponse:
         raise
 
 
+async def count(request: web.Request) -> web.Response:
+    await request.read()
+    key = "count:" + request.query.get("key", "")
+    stats = request.app[STATS_KEY]
+    stats[key] = stats.get(key, 0) + 1
+    return web.json_response({key: stats[key]})
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS_KEY])
 
@@ -320,6 +330,7 @@ def make_app() -> web.Application:
     app.router.add_route("*", "/whoami", whoami)
     app.router.add_route("*", "/whoami/{tail:.*}", whoami)
     app.router.add_get("/set-cookies", set_cookies)
+    app.router.add_route("*", "/count", count)
     return app
 
 
