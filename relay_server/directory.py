@@ -15,8 +15,11 @@ happens to any handler (a cancelled one included)::
    GONE  welcomed)   taken  stopped, or       GONE
                      over   broke the rules)
 
-  CLAIMED, LIVE and AWAY all go to EXPIRED at the expiry time, and to REVOKED when an
-  operator takes the link down. GONE, EXPIRED and REVOKED are final for a Link object;
+  An AWAY link is also *evicted* (to GONE) when a new link from its address or token
+  needs its slot: a crashed client must not lock everyone behind its address (a whole
+  NAT) out until its grace ends, and it loses nothing, since its lease brings the link
+  back. CLAIMED, LIVE and AWAY all go to EXPIRED at the expiry time, and to REVOKED
+  when an operator takes the link down. GONE, EXPIRED and REVOKED are final for a Link object;
   the subdomain is remembered (boundedly) so visitors get 404 or 410, no new link
   reuses it, and a GONE link can come back from its lease until it expires.
 
@@ -93,6 +96,7 @@ class LinkEvent(enum.Enum):
     ENDED = "ended"
     ABANDONED = "abandoned"
     GRACE_OVER = "grace over"
+    EVICTED = "evicted"
     EXPIRY = "expiry"
     REVOKE = "revoke"
 
@@ -115,6 +119,7 @@ TRANSITIONS: dict[LinkState, dict[LinkEvent, LinkState]] = {
     _S.AWAY: {
         _E.WELCOMED: _S.LIVE,
         _E.GRACE_OVER: _S.GONE,
+        _E.EVICTED: _S.GONE,
         _E.EXPIRY: _S.EXPIRED,
         _E.REVOKE: _S.REVOKED,
     },
@@ -251,6 +256,8 @@ class MemoryDirectory(LinkDirectory):
         self._url_for = url_for
         self._links: dict[str, Link] = {}
         self._ended: OrderedDict[str, tuple[LinkState, float]] = OrderedDict()
+        self._away: OrderedDict[str, Link] = OrderedDict()
+        """AWAY links, the longest away first: the first to give up a slot."""
         # Counts kept in step with the states by _move, so a HELLO costs O(1).
         self._per_ip: Counter[str] = Counter()
         self._per_token: Counter[str] = Counter()
@@ -288,12 +295,18 @@ class MemoryDirectory(LinkDirectory):
         self, *, client_ip: str, token_id: str | None, key_hash: str, ttl_s: float | None
     ) -> Claim:
         limits = self.limits
-        if self._per_ip[client_ip] >= limits.tunnels_per_ip:
+        if self._per_ip[client_ip] >= limits.tunnels_per_ip and not self._evict(
+            lambda link: link.client_ip == client_ip
+        ):
             raise HandshakeRefused(
                 GoAwayCode.LIMIT_EXCEEDED,
                 f"this address already holds {limits.tunnels_per_ip} links",
             )
-        if token_id is not None and self._per_token[token_id] >= limits.tunnels_per_token:
+        if (
+            token_id is not None
+            and self._per_token[token_id] >= limits.tunnels_per_token
+            and not self._evict(lambda link: link.token_id == token_id)
+        ):
             raise HandshakeRefused(
                 GoAwayCode.LIMIT_EXCEEDED,
                 f"this token already holds {limits.tunnels_per_token} links",
@@ -345,11 +358,11 @@ class MemoryDirectory(LinkDirectory):
         claim.session = session
         link.session = session
         link.visitor_auth = visitor_auth
+        self._move(link, LinkEvent.WELCOMED)
         if link.client_ip != claim.client_ip:
             self._count(link, -1)
             link.client_ip = claim.client_ip
             self._count(link, +1)
-        self._move(link, LinkEvent.WELCOMED)
         if old is not None:
             old.close(GoAwayCode.REPLACED, "a newer connection took this link over")
 
@@ -398,12 +411,13 @@ class MemoryDirectory(LinkDirectory):
         old, link.state = link.state, new
         if old is not new:
             logger.info("link %s: %s -> %s (%s)", link.subdomain, old.value, new.value, event.value)
-        loop = asyncio.get_running_loop()
         grace = link.timers.pop("grace", None)
         if grace is not None:
             grace.cancel()
+        self._away.pop(link.subdomain, None)
         if new is LinkState.AWAY:
-            link.timers["grace"] = loop.call_later(
+            self._away[link.subdomain] = link
+            link.timers["grace"] = asyncio.get_running_loop().call_later(
                 self.limits.reconnect_grace_s, self._fire, link, LinkEvent.GRACE_OVER
             )
         if new in HOLDING:
@@ -424,6 +438,14 @@ class MemoryDirectory(LinkDirectory):
         link.timers.pop("grace" if event is LinkEvent.GRACE_OVER else "expiry", None)
         if link.state in HOLDING and event in TRANSITIONS[link.state]:
             self._move(link, event)
+
+    def _evict(self, matches: Callable[[Link], bool]) -> bool:
+        """Free the slot of the longest-away link that matches; False if there is none."""
+        victim = next((link for link in self._away.values() if matches(link)), None)
+        if victim is None:
+            return False
+        self._move(victim, LinkEvent.EVICTED)
+        return True
 
     def _add(self, link: Link) -> None:
         self._links[link.subdomain] = link

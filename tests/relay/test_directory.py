@@ -222,3 +222,28 @@ async def test_an_illegal_transition_is_our_bug() -> None:
     claim = d.claim_new(client_ip="a", token_id=None, key_hash="k", ttl_s=None)
     with pytest.raises(InvalidState):
         d._move(claim.link, LinkEvent.GRACE_OVER)
+
+
+async def test_a_new_link_evicts_the_longest_away_link_of_a_full_address() -> None:
+    d = directory(tunnels_per_ip=2)
+    first, first_session = live(d, ip="nat")
+    second, second_session = live(d, ip="nat")
+    for claim, session in ((first, first_session), (second, second_session)):
+        session.ended = SessionEnded(GoAwayCode.INTERNAL_ERROR, "connection lost", by_peer=False)
+        d.release(claim)
+    third = d.claim_new(client_ip="nat", token_id=None, key_hash="k", ttl_s=None)
+    assert first.link.state is LinkState.GONE  # away the longest: its slot goes first
+    assert second.link.state is LinkState.AWAY and d.count_by_ip("nat") == 2
+    # The evicted client loses nothing: its lease brings the link back.
+    back = d.claim_lease(Lease(first.link.subdomain, first.link.expires_at, "k"), client_ip="nat")
+    assert back.link.subdomain == first.link.subdomain
+    assert third.link.state is LinkState.CLAIMED
+
+
+async def test_live_links_are_never_evicted() -> None:
+    d = directory(tunnels_per_ip=1, tunnels_per_token=1)
+    live(d, ip="a", token="t")
+    with pytest.raises(HandshakeRefused):
+        d.claim_new(client_ip="a", token_id=None, key_hash="k", ttl_s=None)
+    with pytest.raises(HandshakeRefused):
+        d.claim_new(client_ip="b", token_id="t", key_hash="k", ttl_s=None)
