@@ -1,7 +1,8 @@
 """The relay's settings: one frozen dataclass, checked as a whole when built.
 
-Every field has a flag, an environment variable with the ``RELAY_`` prefix and a key
-in the TOML config file, all with the same name (``ttl`` = ``--ttl`` = ``RELAY_TTL``).
+The command line fills it from the settings table in :mod:`relay_server.settings`
+(flag, ``RELAY_*`` variable, TOML key); the checks on single values live here as
+functions that the table uses too.
 """
 
 from __future__ import annotations
@@ -11,11 +12,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunnel_client.protocol.errors import ConfigError
+from tunnel_client.protocol.frames import MAX_HEAD_PAYLOAD
+from tunnel_client.protocol.units import format_size
 from tunnel_client.protocol.window import MAX_WINDOW, MIN_WINDOW
 
-__all__ = ["RelayConfig"]
+__all__ = ["MAX_HEADER_BYTES", "RelayConfig", "domain_problem", "proxy_problem"]
 
 HOUR = 3600.0
+
+# A visitor's request head travels JSON-encoded in one OPEN frame, whose payload may not
+# exceed MAX_HEAD_PAYLOAD (256KiB). JSON escapes a control byte as \u00XX, six bytes for
+# one, so a hostile head can grow 6x; 4096 bytes stay for the JSON punctuation and the
+# X-Forwarded-* headers the relay adds. Above it, a head that passed the 431 check could
+# still be too large to encode (LocalProtocolError) instead of being refused cleanly.
+MAX_HEADER_BYTES = (MAX_HEAD_PAYLOAD - 4096) // 6
+"""The largest ``max_header_bytes`` the protocol can carry: 43008 bytes (42KiB)."""
+
+MAX_HEADER_BYTES_WHY = "a request head must fit one OPEN frame even when JSON escaping grows it 6x"
+
+
+def domain_problem(domain: str) -> str | None:
+    """Why ``domain`` cannot carry links, or None."""
+    labels = domain.lower().split(".")
+    if not domain or any(
+        not label or len(label) > 63 or not label.replace("-", "").isalnum() for label in labels
+    ):
+        return f"domain {domain!r} is not a DNS name like share.example.com"
+    return None
+
+
+def proxy_problem(proxy: str) -> str | None:
+    """Why ``proxy`` is not an address or network, or None."""
+    try:
+        ipaddress.ip_network(proxy, strict=False)
+    except ValueError:
+        return f"trusted proxy {proxy!r} is not an IP address or network"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,11 +113,8 @@ class RelayConfig:
             problems.append(f"port {self.port} is not in 0..65535")
         if self.public_port is not None and not 1 <= self.public_port <= 65535:
             problems.append(f"public_port {self.public_port} is not in 1..65535")
-        labels = self.domain.lower().split(".")
-        if not self.domain or any(
-            not label or len(label) > 63 or not label.replace("-", "").isalnum() for label in labels
-        ):
-            problems.append(f"domain {self.domain!r} is not a DNS name like share.example.com")
+        if problem := domain_problem(self.domain):
+            problems.append(problem)
         if self.public_scheme not in (None, "http", "https"):
             problems.append(f"public_scheme must be http or https, not {self.public_scheme!r}")
         if not MIN_WINDOW <= self.stream_window <= MAX_WINDOW:
@@ -94,6 +123,11 @@ class RelayConfig:
             problems.append("max_streams must be at least 1")
         if self.max_header_bytes < 1024:
             problems.append("max_header_bytes must be at least 1024")
+        if self.max_header_bytes > MAX_HEADER_BYTES:
+            problems.append(
+                f"max_header_bytes must be at most {format_size(MAX_HEADER_BYTES)} "
+                f"({MAX_HEADER_BYTES} bytes): {MAX_HEADER_BYTES_WHY}"
+            )
         if self.max_body_bytes is not None and self.max_body_bytes < 0:
             problems.append("max_body_bytes must not be negative")
         if self.rate_per_link < 0:
@@ -105,11 +139,7 @@ class RelayConfig:
         for path in (self.tls_cert, self.tls_key, self.tokens_file):
             if path is not None and not path.is_file():
                 problems.append(f"{path} does not exist or is not a file")
-        for proxy in self.trusted_proxies:
-            try:
-                ipaddress.ip_network(proxy, strict=False)
-            except ValueError:
-                problems.append(f"trusted proxy {proxy!r} is not an IP address or network")
+        problems.extend(filter(None, map(proxy_problem, self.trusted_proxies)))
         for name in (
             "ttl_s",
             "response_timeout_s",

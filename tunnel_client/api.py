@@ -1,7 +1,8 @@
 """The Python API: ``share(7860)`` from sync code, ``await async_share(7860)`` from async.
 
-Both read defaults (relay, token, CA file) from the same ``TUNNEL_*`` variables and
-config file as the ``tunnel`` command; arguments win over both.
+Both resolve every setting as the ``tunnel`` command does, from the same table
+(:mod:`tunnel_client.settings`): arguments, then ``TUNNEL_*`` variables, then the
+config file, then the defaults.
 
     >>> from tunnel_client import share
     >>> with share(7860) as link:
@@ -13,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .client import ClientEvent, Link, TunnelClient
-from .config import ClientConfig, load_defaults
-from .protocol.units import parse_duration
+from .config import ClientConfig
+from .protocol.settings import Origin, resolve
+from .settings import CLIENT, client_config
 
 __all__ = ["AsyncShare", "Share", "async_share", "build_config", "share"]
 
@@ -32,22 +34,39 @@ def build_config(
     local_host: str | None = None,
     ttl: float | str | None = None,
     basic_auth: str | None = None,
+    password: str | None = None,
     ca_file: str | Path | None = None,
+    stream_window: int | str | None = None,
+    response_timeout: float | str | None = None,
     use_environment: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> ClientConfig:
-    """A :class:`ClientConfig` from arguments, falling back to env vars and the config file."""
-    defaults: dict[str, Any] = load_defaults() if use_environment else {}
-    ttl_s = parse_duration(ttl) if isinstance(ttl, str) else ttl
-    ca = ca_file if ca_file is not None else defaults.get("ca_file")
-    return ClientConfig(
-        port=port,
-        relay=relay if relay is not None else defaults.get("relay"),
-        token=token if token is not None else defaults.get("token"),
-        local_host=local_host or defaults.get("local_host") or "127.0.0.1",
-        ttl_s=ttl_s,
-        visitor_auth=basic_auth,
-        ca_file=Path(ca) if ca else None,
+    """A :class:`ClientConfig`: arguments > ``TUNNEL_*`` variables > config file > default.
+
+    Arguments are the settings of ``tunnel share`` (:data:`tunnel_client.settings.CLIENT`)
+    but ``log_level``: durations in seconds or as text (``"2h"``), sizes in bytes or as
+    text (``"1MiB"``). ``environ`` replaces ``os.environ`` (it names the config file
+    too); ``use_environment=False`` reads neither variables nor a file.
+
+    Raises:
+        ConfigError: every bad value, each named by where it came from.
+    """
+    arguments = {
+        "relay": relay,
+        "token": token,
+        "local_host": local_host,
+        "ttl": ttl,
+        "basic_auth": basic_auth,
+        "password": password,
+        "ca_file": ca_file,
+        "stream_window": stream_window,
+        "response_timeout": response_timeout,
+    }
+    resolution = resolve(
+        CLIENT, arguments, origin=Origin.ARGUMENT, environ=environ if use_environment else {}
     )
+    config, _ = client_config(resolution, port)
+    return config
 
 
 class AsyncShare:
@@ -196,6 +215,7 @@ def share(
     """Share a local port from sync code; returns once the link answers.
 
     Options: ``relay``, ``token``, ``local_host``, ``ttl`` (seconds or "2h"),
-    ``basic_auth`` ("user:pass"), ``ca_file``. Close it with ``.close()`` or a ``with``.
+    ``basic_auth`` ("user:pass") or ``password``, ``ca_file`` and more (see
+    :func:`build_config`). Close it with ``.close()`` or a ``with``.
     """
     return Share(build_config(port, **options), on_event).start()

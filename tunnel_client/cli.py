@@ -7,20 +7,20 @@ Gradio integration and show the resolved configuration.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import secrets
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .config import FILE_KEYS, ClientConfig, default_config_path, read_config_file
+from .config import ClientConfig
 from .display import HumanDisplay, JsonDisplay
 from .protocol.errors import ConfigError, TunnelError
-from .protocol.units import parse_duration, parse_size
+from .protocol.settings import Setting, option_spec, resolve
+from .settings import CLIENT, client_config
 
 __all__ = ["main"]
 
@@ -36,45 +36,32 @@ class _DefaultToShare(click.Group):
         return super().parse_args(ctx, args)
 
 
-class Duration(click.ParamType):  # type: ignore[type-arg]
-    name = "duration"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class Size(click.ParamType):  # type: ignore[type-arg]
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+def _options(command: _F) -> _F:
+    """The options of ``share`` and ``check-config``: ``--config``, settings, output."""
+    options = [
+        click.option(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="Client TOML file (default: $XDG_CONFIG_HOME/sharetunnel/client.toml); its "
+            f"keys are the setting names.  [env: {CLIENT.config_env_var}]",
+        ),
+        *(click.option(*decls, **kwargs) for decls, kwargs in map(_option_spec, CLIENT)),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line."),
+        click.option("--quiet", "-q", is_flag=True, help="Do not print a line per request."),
+        click.option(
+            "--qr/--no-qr",
+            default=None,
+            help="Print the link as a QR code too (default: when the output is a terminal).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
-def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    path = Path(value) if value else default_config_path()
-    try:
-        data = read_config_file(path, required=bool(value))
-    except ConfigError as exc:
-        raise click.BadParameter("; ".join(exc.problems), ctx, param) from None
-    ctx.default_map = {**(ctx.default_map or {}), **data}
-
-
-def _opt(*names: str, **kwargs: Any) -> Callable[[_F], _F]:
-    long = next(n for n in names if n.startswith("--"))
-    env = "TUNNEL_" + long[2:].replace("-", "_").upper()
-    return click.option(*names, envvar=env, show_envvar=True, **kwargs)
+def _option_spec(setting: Setting) -> tuple[list[str], dict[str, Any]]:
+    return option_spec(CLIENT, setting)
 
 
 @click.group(cls=_DefaultToShare, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,134 +71,45 @@ def main() -> None:
 
 @main.command()
 @click.argument("port", type=click.IntRange(1, 65535), metavar="PORT")
-@click.option(
-    "--config",
-    type=click.Path(dir_okay=False),
-    callback=_load_config_file,
-    is_eager=True,
-    expose_value=False,
-    envvar="TUNNEL_CONFIG",
-    show_envvar=True,
-    help=f"Client TOML file (default {default_config_path()}; keys: "
-    f"{', '.join(sorted(FILE_KEYS))}).",
-)
-@_opt(
-    "--relay",
-    metavar="URL",
-    default=None,
-    help="Relay base URL (ws://, wss://, http:// or https://). Default: an embedded relay "
-    "on this machine (local-only link).",
-)
-@_opt("--local-host", default="127.0.0.1", show_default=True, help="Host of the local server.")
-@_opt("--token", default=None, help="Token the relay requires to create links.")
-@_opt(
-    "--ca-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    default=None,
-    help="Extra CA certificate (PEM) to trust for a wss:// relay.",
-)
-@_opt(
-    "--ttl",
-    type=Duration(),
-    default=None,
-    help="Ask for a shorter link lifetime than the relay's (e.g. 2h).",
-)
-@_opt(
-    "--password",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[SECRET]",
-    help="Ask visitors for a password (user 'share'); without a value one is generated.",
-)
-@_opt(
-    "--basic-auth",
-    metavar="USER:PASS",
-    default=None,
-    help="Ask visitors for this user name and password.",
-)
-@_opt("--stream-window", type=Size(), default=None, hidden=True)
-@_opt(
-    "--response-timeout",
-    type=Duration(),
-    default=None,
-    help="(embedded relay) Time the local server has to start answering (then 504).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
-@click.option("--quiet", "-q", is_flag=True, help="Do not print a line per request.")
-@click.option(
-    "--qr/--no-qr",
-    default=None,
-    help="Print the link as a QR code too (default: when the output is a terminal).",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    default="warning",
-    envvar="TUNNEL_LOG_LEVEL",
-    show_envvar=True,
-)
+@_options
 def share(
-    port: int,
-    as_json: bool,
-    quiet: bool,
-    qr: bool | None,
-    log_level: str,
-    password: str | None,
-    basic_auth: str | None,
-    **options: Any,
+    port: int, config: str | None, as_json: bool, quiet: bool, qr: bool | None, **given: Any
 ) -> None:
     """Share http://LOCAL_HOST:PORT and print its public link."""
+    try:
+        resolution = resolve(CLIENT, given, config=config)
+        client, generated = client_config(resolution, port)
+    except ConfigError as exc:
+        _fail(exc.problems, as_json)
     logging.basicConfig(
-        level=log_level.upper(),
+        level=resolution["log_level"].upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    generated = None
-    if password is not None:
-        if basic_auth is not None:
-            _fail("give --password or --basic-auth, not both", as_json)
-        generated = password or secrets.token_urlsafe(9)
-        basic_auth = f"share:{generated}"
-    ttl = options.pop("ttl")
-    window = options.pop("stream_window")
-    response_timeout = options.pop("response_timeout")
-    try:
-        config = ClientConfig(
-            port=port,
-            visitor_auth=basic_auth,
-            ttl_s=ttl,
-            response_timeout_s=response_timeout,
-            **({"stream_window": window} if window else {}),
-            **options,
-        )
-    except ConfigError as exc:
-        _fail("; ".join(exc.problems), as_json)
     display: Any
     if as_json:
-        display = JsonDisplay(config.local_label, quiet=quiet)
+        display = JsonDisplay(client.local_label, quiet=quiet)
     else:
         show_qr = sys.stdout.isatty() if qr is None else qr
-        display = HumanDisplay(config.local_label, quiet=quiet, qr=show_qr)
+        display = HumanDisplay(client.local_label, quiet=quiet, qr=show_qr)
     if generated is not None:
         display.login = ("share", generated)
     failure = None
     try:
-        asyncio.run(_run(config, display))
+        asyncio.run(_run(client, display))
     except TunnelError as exc:  # refusals, an unreachable relay: one line, no traceback
         failure = str(exc)
     finally:
         display.close()  # every queued line out before the error line or the exit
     if failure is not None:
-        _fail(failure, as_json)
+        _fail([failure], as_json)
 
 
-def _fail(message: str, as_json: bool) -> None:
+def _fail(problems: list[str], as_json: bool) -> NoReturn:
     if as_json:
-        import json
-
-        click.echo(json.dumps({"event": "error", "message": message}))
-    click.echo(f"tunnel: {message}", err=True)
+        click.echo(json.dumps({"event": "error", "message": "; ".join(problems)}))
+    for problem in problems:
+        click.echo(f"tunnel: {problem}", err=True)
     sys.exit(1)
 
 
@@ -235,28 +133,35 @@ async def _run(config: ClientConfig, display: Any) -> None:
 
 
 @main.command("check-config")
-@click.option("--config", type=click.Path(dir_okay=False), default=None, envvar="TUNNEL_CONFIG")
-def check_config(config: str | None) -> None:
-    """Print the settings the client would use (secrets masked)."""
-    import os
-
-    from .config import load_defaults
-
-    environ = dict(os.environ)
-    if config:
-        environ["TUNNEL_CONFIG"] = config
+@click.argument("port", type=click.IntRange(1, 65535), metavar="[PORT]", required=False)
+@_options
+def check_config(
+    port: int | None, config: str | None, as_json: bool, quiet: bool, qr: bool | None, **given: Any
+) -> None:
+    """Print what `tunnel share` would use and where each value comes from (secrets masked)."""
     try:
-        values = load_defaults(environ)
+        resolution = resolve(CLIENT, given, config=config)
+        # Checked as a whole like share does; without a PORT any valid one stands in.
+        client_config(resolution, port or 1)
     except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"tunnel: {problem}", err=True)
-        sys.exit(1)
-    click.echo(f"config file: {default_config_path(environ)}")
-    for key in sorted(FILE_KEYS):
-        value = values.get(key)
-        if key == "token" and value:
-            value = "MASKED"
-        click.echo(f"{key} = {value if value is not None else '(default)'}")
+        _fail(exc.problems, as_json)
+    port_line = f"port = {port}  (argument PORT)" if port else "port = none (not given)"
+    if as_json:
+        rows = {name: {"value": shown, "source": src} for name, shown, src in resolution.rows()}
+        file = resolution.file
+        report = {
+            "event": "config",
+            "config_file": None if file.path is None else str(file.path),
+            "config_file_source": str(file.source),
+            "config_file_found": file.found,
+            "port": port,
+            "settings": rows,
+        }
+        click.echo(json.dumps(report))
+        return
+    lines = resolution.lines()
+    for line in [lines[0], port_line, *lines[1:]]:
+        click.echo(line)
 
 
 @main.group()

@@ -1,77 +1,42 @@
-"""The client's settings: one frozen dataclass, plus where defaults come from.
+"""The client's settings: one frozen dataclass, checked as a whole when built.
 
-A setting has one name everywhere: ``relay`` = ``--relay`` = ``TUNNEL_RELAY`` = the
-``relay`` key of the config file (``~/.config/sharetunnel/client.toml`` or
-``$TUNNEL_CONFIG``). Flags win over the environment, which wins over the file.
+The command line and the Python API fill it from the settings table in
+:mod:`tunnel_client.settings` (flag or argument, ``TUNNEL_*`` variable, TOML key); the
+checks on single values live here as functions that the table uses too.
 """
 
 from __future__ import annotations
 
-import os
-import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .protocol.errors import ConfigError
 from .protocol.mux import DEFAULT_WINDOW
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
-__all__ = ["FILE_KEYS", "ClientConfig", "default_config_path", "load_defaults", "relay_ws_url"]
+__all__ = ["ClientConfig", "host_problem", "relay_problem", "relay_ws_url"]
 
 CLIENT_WINDOW = 4 * DEFAULT_WINDOW
 """1 MiB: a bigger window than the relay's, because it is the client's memory, not the
 shared relay's, that it commits, and it lifts upload throughput by about a third
 (bench/run.py: 100 MiB up 227-284 -> 372 MB/s on loopback)."""
 
-FILE_KEYS = frozenset(
-    {"relay", "token", "local_host", "ca_file", "stream_window", "ttl", "response_timeout"}
-)
-"""Keys the client config file may hold."""
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is not a host name or address, or None."""
+    if not host or any(c in host for c in "/ @?#"):
+        return f"local host {host!r} is not a host name or address"
+    return None
 
 
-def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """``$TUNNEL_CONFIG``, else ``$XDG_CONFIG_HOME/sharetunnel/client.toml``."""
-    env = os.environ if environ is None else environ
-    if env.get("TUNNEL_CONFIG"):
-        return Path(env["TUNNEL_CONFIG"])
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "sharetunnel" / "client.toml"
-
-
-def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
-    """The settings in a client TOML file; unknown keys are errors."""
+def relay_problem(relay: str) -> str | None:
+    """Why ``relay`` is not a relay URL, or None."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        if required:
-            raise ConfigError([f"config file {path} does not exist"]) from None
-        return {}
-    except OSError as exc:
-        raise ConfigError([f"cannot read config file {path}: {exc.strerror}"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
-    unknown = sorted(set(data) - FILE_KEYS)
-    if unknown:
-        raise ConfigError(
-            [f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(FILE_KEYS))})"]
-        )
-    return data
-
-
-def load_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Settings from the config file overlaid with ``TUNNEL_*`` variables (for the API)."""
-    env = os.environ if environ is None else environ
-    path = default_config_path(env)
-    values = read_config_file(path, required=bool(env.get("TUNNEL_CONFIG")))
-    for key in ("relay", "token", "local_host", "ca_file"):
-        if env.get(f"TUNNEL_{key.upper()}"):
-            values[key] = env[f"TUNNEL_{key.upper()}"]
-    return values
+        relay_ws_url(relay)
+    except ConfigError as exc:
+        return "; ".join(exc.problems)
+    return None
 
 
 def relay_ws_url(relay: str) -> str:
@@ -128,13 +93,10 @@ class ClientConfig:
         problems = []
         if not 1 <= self.port <= 65535:
             problems.append(f"port {self.port} is not in 1..65535")
-        if self.relay is not None:
-            try:
-                relay_ws_url(self.relay)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
-        if not self.local_host or any(c in self.local_host for c in "/ @?#"):
-            problems.append(f"local host {self.local_host!r} is not a host name or address")
+        if self.relay is not None and (problem := relay_problem(self.relay)):
+            problems.append(problem)
+        if problem := host_problem(self.local_host):
+            problems.append(problem)
         if not MIN_WINDOW <= self.stream_window <= MAX_WINDOW:
             problems.append(f"stream window must be in {MIN_WINDOW}..{MAX_WINDOW} bytes")
         if self.ca_file is not None and not self.ca_file.is_file():

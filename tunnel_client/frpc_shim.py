@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import re
@@ -222,7 +223,6 @@ def _silence() -> None:
 async def _serve(args: FrpcArgs, env: Mapping[str, str]) -> int:
     from .api import build_config
     from .client import TunnelClient
-    from .config import load_defaults
     from .gradio import reachable_host
     from .protocol.errors import ConfigError
 
@@ -230,17 +230,15 @@ async def _serve(args: FrpcArgs, env: Mapping[str, str]) -> int:
     try:
         if args.local_port is None:
             raise ConfigError(["no local port (-l) given"])
-        defaults = load_defaults(env)
-        relay = _relay_for(args, env, defaults.get("relay"))
-        ca_file = defaults.get("ca_file")
-        if ca_file is None and relay == f"wss://{args.server_addr}" and args.tls_ca_file:
-            ca_file = args.tls_ca_file
+        # Settings as tunnel resolves them; Gradio's relay and CA only fill what they left.
         config = build_config(
-            args.local_port,
-            relay=relay,
-            local_host=reachable_host(args.local_host),
-            ca_file=ca_file,
+            args.local_port, local_host=reachable_host(args.local_host), environ=env
         )
+        relay = _relay_for(args, env, config.relay)
+        ca_file = config.ca_file
+        if ca_file is None and relay == f"wss://{args.server_addr}" and args.tls_ca_file:
+            ca_file = Path(args.tls_ca_file)
+        config = dataclasses.replace(config, relay=relay, ca_file=ca_file)
     except (ConfigError, OSError, ValueError) as exc:
         problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
         _say(f"login to server failed: sharetunnel: {'; '.join(problems)}")

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.protocol.helpers import examples
-from tunnel_client.protocol.units import format_duration, parse_duration, parse_size
+from tunnel_client.protocol.units import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -104,3 +104,19 @@ def test_property_parsers_raise_only_value_error(text: str) -> None:
         except ValueError:
             continue
         assert value >= 0
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0"),
+        (1000, "1000"),
+        (1024, "1KiB"),
+        (262144, "256KiB"),
+        (3 << 20, "3MiB"),
+        (1 << 30, "1GiB"),
+    ],
+)
+def test_format_size(size: int, text: str) -> None:
+    assert format_size(size) == text
+    assert parse_size(text) == size

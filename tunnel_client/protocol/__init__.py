@@ -4,6 +4,9 @@ Frames (:mod:`.frames`), heads (:mod:`.heads`), flow-control windows (:mod:`.win
 the handshake (:mod:`.handshake`) and the stream multiplexer (:mod:`.mux`) do no I/O;
 :mod:`.aio` drives them over any message transport with asyncio. Both the client and
 the relay use this package; it imports no WebSocket, HTTP or MQTT library.
+
+It also holds what both command lines share and the relay may import from nowhere
+else: the settings engine (:mod:`.settings`, :mod:`.parsers`) and :mod:`.units`.
 """
 
 from .errors import (

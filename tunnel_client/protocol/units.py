@@ -5,9 +5,10 @@ Shared by both command lines so that ``--ttl 90m`` means the same on both sides.
 
 from __future__ import annotations
 
+import json
 import re
 
-__all__ = ["format_duration", "parse_duration", "parse_size"]
+__all__ = ["format_duration", "format_size", "parse_duration", "parse_size"]
 
 MAX_DURATION_S = 10 * 365 * 86400.0
 """Longer durations are surely typos (and overflow timers)."""
@@ -47,10 +48,10 @@ def parse_duration(text: str) -> float:
             pos = match.end()
         if pos != len(value) or not value:
             raise ValueError(
-                f"{text!r} is not a duration: use e.g. 72h, 90m, 30s, 1h30m or 250ms"
+                f"{json.dumps(text)} is not a duration: use e.g. 72h, 90m, 30s, 1h30m or 250ms"
             ) from None
     if not 0 < seconds <= MAX_DURATION_S:
-        raise ValueError(f"{text!r} is not a duration between 1ms and 10 years")
+        raise ValueError(f"{json.dumps(text)} is not a duration between 1ms and 10 years")
     return seconds
 
 
@@ -77,5 +78,13 @@ def parse_size(text: str) -> int:
     """
     match = _SIZE.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"{text!r} is not a size: use e.g. 65536, 64KiB, 10MB or 1GiB")
+        raise ValueError(f"{json.dumps(text)} is not a size: use e.g. 65536, 64KiB, 10MB or 1GiB")
     return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+
+
+def format_size(size: int) -> str:
+    """``262144`` -> ``"256KiB"``, ``1048576`` -> ``"1MiB"``, ``1000`` -> ``"1000"`` (exact)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)

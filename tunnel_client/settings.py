@@ -1,0 +1,167 @@
+"""Every client setting, once: option, ``TUNNEL_*`` variable, TOML key, parser, help.
+
+``tunnel share``, ``tunnel check-config``, the Python API and the Gradio paths all
+resolve :data:`CLIENT` and build their :class:`ClientConfig` with :func:`client_config`.
+The config file is ``$TUNNEL_CONFIG``, else ``$XDG_CONFIG_HOME/sharetunnel/client.toml``.
+Output options (``--json``, ``--quiet``, ``--qr``) shape one run's printing and are
+not settings.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from .config import ClientConfig, host_problem, relay_problem
+from .protocol.errors import ConfigError
+from .protocol.parsers import Choice, Duration, FilePath, Size, Text
+from .protocol.settings import Origin, Resolution, Setting, Table
+from .protocol.window import MAX_WINDOW, MIN_WINDOW
+
+__all__ = ["CLIENT", "client_config", "default_config_path"]
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path | None:
+    """``$XDG_CONFIG_HOME/sharetunnel/client.toml`` (``~/.config`` without it)."""
+    if environ.get("XDG_CONFIG_HOME"):
+        base = Path(environ["XDG_CONFIG_HOME"])
+    elif environ.get("HOME"):
+        base = Path(environ["HOME"]) / ".config"
+    else:
+        return None  # no home given (build_config(use_environment=False)): no file
+    return base / "sharetunnel" / "client.toml"
+
+
+def _auth_problem(auth: str) -> str | None:
+    return None if ":" in auth else "basic auth must be given as user:password"
+
+
+CLIENT = Table(
+    prefix="TUNNEL_",
+    target=ClientConfig,
+    default_file=default_config_path,
+    settings=(
+        Setting(
+            name="relay",
+            parser=Text(check=relay_problem),
+            metavar="URL",
+            help="Relay base URL (ws://, wss://, http:// or https://). Default: an embedded "
+            "relay on this machine (local-only link).",
+            unset="an embedded relay: the link works on this machine only",
+            example="wss://share.example.com",
+        ),
+        Setting(
+            name="local_host",
+            parser=Text(check=host_problem),
+            help="Host of the local server.",
+            example="::1",
+        ),
+        Setting(
+            name="token",
+            parser=Text(),
+            secret=True,
+            help="Token the relay requires to create links.",
+            example="alpha-token",
+        ),
+        Setting(
+            name="ca_file",
+            parser=FilePath(exists=True),
+            help="Extra CA certificate (PEM) to trust for a wss:// relay.",
+            example="ca.pem",
+        ),
+        Setting(
+            name="ttl",
+            field="ttl_s",
+            parser=Duration(low_s=1),
+            help="Ask for a shorter link lifetime than the relay's (e.g. 2h).",
+            unset="the relay's",
+            example="2h",
+        ),
+        Setting(
+            name="password",
+            field=None,
+            parser=Text(),
+            secret=True,
+            bare="",
+            bare_means="generated when the tunnel starts",
+            metavar="[SECRET]",
+            help="Ask visitors for a password (user 'share'); without a value one is generated.",
+            example="hunter2",
+        ),
+        Setting(
+            name="basic_auth",
+            field=None,
+            parser=Text(check=_auth_problem),
+            secret=True,
+            metavar="USER:PASS",
+            help="Ask visitors for this user name and password.",
+            example="ann:hunter2",
+        ),
+        Setting(
+            name="stream_window",
+            parser=Size(MIN_WINDOW, MAX_WINDOW),
+            hidden=True,
+            help="Receive window per stream: uploads from visitors flow against it.",
+            example="512KiB",
+        ),
+        Setting(
+            name="response_timeout",
+            field="response_timeout_s",
+            parser=Duration(),
+            help="(embedded relay) Time the local server has to start answering (then 504).",
+            unset="the embedded relay's, 10m",
+            example="30s",
+        ),
+        Setting(
+            name="log_level",
+            field=None,
+            parser=Choice("debug", "info", "warning", "error"),
+            default="warning",
+            help="Log messages at this level and above (to stderr).",
+            example="debug",
+        ),
+    ),
+)
+"""The client's settings, in ``--help`` order."""
+
+_STRENGTH = list(Origin)
+
+
+def client_config(resolution: Resolution, port: int) -> tuple[ClientConfig, str | None]:
+    """The client's config for ``port``, and the visitor password generated for it.
+
+    Raises:
+        ConfigError: every problem with the values taken together.
+    """
+    visitor_auth, generated = _visitor_auth(resolution)
+    config = ClientConfig(port=port, visitor_auth=visitor_auth, **resolution.fields())
+    return config, generated
+
+
+def _visitor_auth(resolution: Resolution) -> tuple[str | None, str | None]:
+    """``user:password`` from ``password`` or ``basic_auth``, and a generated password.
+
+    Both fill ``visitor_auth``: the one from the stronger source wins (``--basic-auth``
+    over ``TUNNEL_PASSWORD``); two from the same kind of source clash.
+    """
+    given = [resolution.values[n] for n in ("password", "basic_auth")]
+    given = [r for r in given if r.value is not None]
+    if len(given) == 2:
+        password, basic_auth = given
+        if password.source.origin is basic_auth.source.origin:
+            raise ConfigError(
+                [
+                    f"password ({password.source}) and basic_auth ({basic_auth.source}) "
+                    "exclude each other: give one"
+                ]
+            )
+        given.sort(key=lambda r: _STRENGTH.index(r.source.origin))
+    if not given:
+        return None, None
+    if given[0].setting.name == "basic_auth":
+        return given[0].value, None
+    if given[0].value:
+        return f"share:{given[0].value}", None
+    generated = secrets.token_urlsafe(9)  # "" is --password given alone
+    return f"share:{generated}", generated
