@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -85,10 +87,8 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _serve(config: RelayConfig) -> None:
-    from .app import Relay
     from .tls import self_signed_context, server_context
 
-    ssl_context = None
     if config.self_signed:
         ssl_context, cert_path = self_signed_context(config.domain)
         click.echo(
@@ -96,11 +96,24 @@ async def _serve(config: RelayConfig) -> None:
             "(clients: --ca-file this file)",
             err=True,
         )
-    elif config.tls_cert is not None and config.tls_key is not None:
+        try:
+            await _run(config, ssl_context)
+        finally:
+            # A fresh temporary directory per start: no key material is left behind.
+            shutil.rmtree(cert_path.parent, ignore_errors=True)
+        return
+    ssl_context: ssl.SSLContext | None = None
+    if config.tls_cert is not None and config.tls_key is not None:
         try:
             ssl_context = server_context(config.tls_cert, config.tls_key)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"tunnel-relay: cannot load the TLS certificate: {exc}") from None
+    await _run(config, ssl_context)
+
+
+async def _run(config: RelayConfig, ssl_context: ssl.SSLContext | None) -> None:
+    from .app import Relay
+
     try:
         relay = Relay(config, ssl_context=ssl_context)
     except (OSError, ValueError) as exc:

@@ -43,6 +43,8 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -335,7 +337,8 @@ def make_app() -> web.Application:
 
 
 async def serve(port: int, ready_file: Path | None) -> None:
-    runner = web.AppRunner(make_app(), access_log=None, handler_cancellation=True)
+    app = make_app()
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
@@ -344,7 +347,13 @@ async def serve(port: int, ready_file: Path | None) -> None:
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"port": bound, "pid": os.getpid()}))
         tmp.replace(ready_file)
-    await asyncio.Event().wait()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        shutil.rmtree(app[FILE_KEY].parent, ignore_errors=True)
 
 
 def main() -> None:

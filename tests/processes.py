@@ -6,11 +6,13 @@ Each helper starts a process with ``--port 0`` and waits on a ready file or a re
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,15 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0
+_SCRATCH: list[Path] = []
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh directory under this process's scratch root, removed when it exits."""
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="st-tests-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH[0]))
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -35,8 +46,8 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
         if key.startswith("TUNNEL_") or key.startswith("RELAY_"):
             del env[key]
     # No user config file may leak into a test.
-    env["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="st-xdg-")
-    env["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="st-state-")
+    env["XDG_CONFIG_HOME"] = str(scratch_dir("xdg-"))
+    env["XDG_STATE_HOME"] = str(scratch_dir("state-"))
     env.update(extra or {})
     return env
 
@@ -95,7 +106,7 @@ class Origin:
 
 @contextlib.contextmanager
 def run_origin() -> Iterator[Origin]:
-    ready = Path(tempfile.mkdtemp(prefix="st-origin-")) / "ready.json"
+    ready = scratch_dir("origin-") / "ready.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.origin", "--ready-file", str(ready)],
         cwd=ROOT,
@@ -147,7 +158,7 @@ class RelayProcess:
 
 def start_relay(*args: str, port: int = 0, env: dict[str, str] | None = None) -> RelayProcess:
     """Start ``tunnel-relay`` and wait until it listens."""
-    ready = Path(tempfile.mkdtemp(prefix="st-relay-")) / "ready.json"
+    ready = scratch_dir("relay-") / "ready.json"
     argv = [
         sys.executable,
         "-m",

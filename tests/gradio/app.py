@@ -11,10 +11,11 @@ parameter of a handler by its annotation object.
 
 import queue
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
+
+from tests.processes import scratch_dir
 
 STEP_ACK_TIMEOUT_S = 30.0
 
@@ -51,7 +52,7 @@ def build_demo(gr: Any, probe: Probe) -> Any:
                 probe.acks.get(timeout=STEP_ACK_TIMEOUT_S)
 
     def echo_file(path: str) -> str:
-        out = Path(tempfile.mkdtemp(prefix="st-gradio-out-")) / ("echo-" + Path(path).name)
+        out = scratch_dir("gradio-out-") / ("echo-" + Path(path).name)
         shutil.copyfile(path, out)
         return str(out)
 
