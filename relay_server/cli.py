@@ -90,14 +90,14 @@ async def _serve(config: RelayConfig) -> None:
     from .tls import self_signed_context, server_context
 
     if config.self_signed:
-        ssl_context, cert_path = self_signed_context(config.domain)
+        self_signed, cert_path = self_signed_context(config.domain)
         click.echo(
             f"self-signed certificate for *.{config.domain}: {cert_path} "
             "(clients: --ca-file this file)",
             err=True,
         )
         try:
-            await _run(config, ssl_context)
+            await _run(config, self_signed)
         finally:
             # A fresh temporary directory per start: no key material is left behind.
             shutil.rmtree(cert_path.parent, ignore_errors=True)
