@@ -112,6 +112,17 @@ def local_refused(reason: str) -> ErrorPage:
     )
 
 
+def local_head_too_large() -> ErrorPage:
+    return ErrorPage(
+        502,
+        "The app's response head was too large",
+        "The app on the owner's machine answered, but its response head (the status and "
+        "headers) was too large to pass through the tunnel.",
+        "If you own this link: send fewer or smaller headers (often: too many or too large "
+        "cookies). The tunnel's request log has the sizes.",
+    )
+
+
 def local_failed(reason: str) -> ErrorPage:
     return ErrorPage(
         502,

@@ -24,6 +24,7 @@ from yarl import URL
 
 from tunnel_client.protocol.aio import Stream, WebSocketClosed
 from tunnel_client.protocol.errors import (
+    HeadTooLarge,
     LocalProtocolError,
     ResetCode,
     SessionClosed,
@@ -157,6 +158,11 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
     has_body = request.body_exists and not websocket
     try:
         stream = session.open_stream(head, end_stream=not has_body and not websocket)
+    except HeadTooLarge as exc:
+        # Under our limit as bytes, but JSON escaping (6 bytes per control or non-UTF-8
+        # byte) made it too large for an OPEN: refused here, the session carries on.
+        logger.debug("request head too large for the tunnel: %s", exc)
+        return pages.error_response(request, pages.headers_too_large(config.max_header_bytes))
     except SessionClosed:
         return pages.error_response(request, pages.client_away())
     pump = (
@@ -245,6 +251,8 @@ def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
     match reset.code:
         case ResetCode.UPSTREAM_UNAVAILABLE:
             return pages.local_refused(reset.reason or "connection refused")
+        case ResetCode.UPSTREAM_HEAD_TOO_LARGE:
+            return pages.local_head_too_large()
         case ResetCode.UPSTREAM_TIMEOUT:
             return pages.local_timeout(relay.config.response_timeout_s)
         case ResetCode.TOO_LARGE:

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .protocol.aio import Stream, WebSocketClosed
-from .protocol.errors import ResetCode, SessionClosed, StreamReset
+from .protocol.errors import HeadTooLarge, ResetCode, SessionClosed, StreamReset
 from .protocol.heads import RequestHead, ResponseHead, strip_hop_by_hop
 
 __all__ = ["Forwarder", "RequestRecord"]
@@ -140,6 +140,18 @@ class Forwarder:
             reason = f"nothing accepted the connection on {self.label} ({_why(exc)})"
             stream.reset(ResetCode.UPSTREAM_UNAVAILABLE, reason)
             self._record(head, 502, started, sent, reason)
+            return
+        except HeadTooLarge as exc:
+            # Sent, this head would end the whole session (the relay must refuse it), and
+            # every other request with it: only this one fails.
+            detail = (
+                f"the response head of {exc.size} bytes (encoded) is over the tunnel's "
+                f"limit of {exc.limit} bytes: send fewer or smaller headers (cookies?)"
+            )
+            logger.debug("stream %d: %s", stream.id, detail)
+            reason = "the local server's response head is too large"
+            stream.reset(ResetCode.UPSTREAM_HEAD_TOO_LARGE, reason)
+            self._record(head, 502, started, sent, detail)
             return
         except (StreamReset, SessionClosed):
             self._record(head, status or 499, started, sent, "visitor went away")

@@ -23,6 +23,7 @@ from tunnel_client.protocol.aio import (
 )
 from tunnel_client.protocol.errors import (
     GoAwayCode,
+    HeadTooLarge,
     InvalidState,
     RemoteProtocolError,
     ResetCode,
@@ -560,3 +561,42 @@ async def test_reads_of_a_reset_websocket_raise() -> None:
             await stream.response()
         with pytest.raises(StreamReset, match="origin dropped"):
             await stream.receive_message()
+
+
+# -- heads too large to send -------------------------------------------------------------
+
+
+async def test_a_request_head_too_large_is_refused_and_the_session_carries_on() -> None:
+    huge = RequestHead("GET", "/", (("X-Junk", "\x01" * 50_000),))  # 300 kB as JSON
+    async with tunnel(echo) as t:
+        with pytest.raises(HeadTooLarge):
+            t.relay.open_stream(huge)
+        assert t.relay.open_streams == 0
+        stream = t.relay.open_stream(POST)
+        await stream.write(b"after")
+        await stream.end()
+        assert (await stream.response())[0].status == 200
+        assert await read_all(stream) == b"after"
+
+
+async def test_a_reply_too_large_leaves_the_stream_to_reset_and_the_session_up() -> None:
+    cookies = tuple(("Set-Cookie", f"c{i}=" + "v" * 7996) for i in range(40))
+
+    async def cookie_monster(stream: Stream) -> None:
+        assert stream.request is not None
+        if stream.request.target == "/cookies":
+            with pytest.raises(HeadTooLarge) as info:
+                stream.reply(ResponseHead(200, cookies))
+            assert stream.writable
+            stream.reset(ResetCode.UPSTREAM_HEAD_TOO_LARGE, f"{info.value.size} bytes")
+            return
+        await echo(stream)
+
+    async with tunnel(cookie_monster) as t:
+        big = t.relay.open_stream(RequestHead("GET", "/cookies"), end_stream=True)
+        with pytest.raises(StreamReset) as reset:
+            await big.response()
+        assert reset.value.code is ResetCode.UPSTREAM_HEAD_TOO_LARGE
+        small = t.relay.open_stream(GET, end_stream=True)
+        assert (await small.response())[0].status == 200
+        assert t.relay.ended is None and t.client.ended is None

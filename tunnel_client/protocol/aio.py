@@ -224,7 +224,12 @@ class Stream:
         self._session.forget_if_done(self.id)
 
     def reply(self, head: ResponseHead, *, end_stream: bool = False) -> None:
-        """(client) Send the response head."""
+        """(client) Send the response head.
+
+        Raises:
+            HeadTooLarge: if the head is too large to send; the stream is unchanged
+                (reset it to tell the relay).
+        """
         self._check_usable()
         self._mux.send_reply(self.id, head, end_stream=end_stream)
         self._session.flush()
@@ -363,7 +368,12 @@ class Session:
         return self.mux.open_streams
 
     def open_stream(self, head: RequestHead, *, end_stream: bool = False) -> Stream:
-        """(relay) Open a stream for one public request."""
+        """(relay) Open a stream for one public request.
+
+        Raises:
+            HeadTooLarge: if the head is too large to send; the session is unchanged.
+            SessionClosed: if the session has ended.
+        """
         self._check_running()
         stream_id = self.mux.open_stream(head, end_stream=end_stream)
         stream = Stream(self, stream_id, None)

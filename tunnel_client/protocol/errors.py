@@ -5,6 +5,8 @@ Every exception raised by sharetunnel derives from :class:`TunnelError`::
     TunnelError
     ├── ProtocolError              .code: GoAwayCode
     │   ├── LocalProtocolError     we tried to send something illegal (our bug)
+    │   │   └── HeadTooLarge       .size/.limit: a head that does not fit its frame; refused
+    │   │                          before anything changed, the session and stream carry on
     │   └── RemoteProtocolError    the peer did: the session ends with GOAWAY(PROTOCOL_ERROR)
     │       └── FlowControlError   the peer sent more than its credit, or overflowed a window
     ├── InvalidState               an API used in the wrong state (also an AssertionError)
@@ -16,6 +18,13 @@ Errors are split by who is at fault, as in h11: code raises
 :class:`LocalProtocolError` for its own mistakes and the multiplexer turns a peer's
 mistakes into :class:`RemoteProtocolError` at the boundary, never letting them escape
 as anything else.
+
+One local error is not a bug but a refusal, and callers must expect it: a head comes
+from a visitor or a local app, and its JSON encoding may exceed
+:data:`~.frames.MAX_HEAD_PAYLOAD` (escaping can inflate a header up to 6 times). The
+multiplexer raises :class:`HeadTooLarge` for it before it changes any state, as h11
+raises ``LocalProtocolError`` for a response it will not send: the relay answers the
+visitor 431, the client resets the stream with ``UPSTREAM_HEAD_TOO_LARGE``.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ __all__ = [
     "ConfigError",
     "FlowControlError",
     "GoAwayCode",
+    "HeadTooLarge",
     "InvalidState",
     "LocalProtocolError",
     "ProtocolError",
@@ -83,6 +93,8 @@ class ResetCode(enum.IntEnum):
     """The sender hit a bug while serving the stream."""
     TOO_LARGE = 7
     """A message on the stream exceeded a size limit."""
+    UPSTREAM_HEAD_TOO_LARGE = 8
+    """The local server's response head does not fit in a REPLY (see :class:`HeadTooLarge`)."""
 
 
 class TunnelError(Exception):
@@ -100,6 +112,20 @@ class ProtocolError(TunnelError):
 
 class LocalProtocolError(ProtocolError):
     """This side tried to send something the protocol forbids: always a bug here."""
+
+
+class HeadTooLarge(LocalProtocolError):
+    """A request or response head whose encoding exceeds what its frame may carry.
+
+    Raised by :meth:`~.mux.Mux.open_stream` and :meth:`~.mux.Mux.send_reply` before
+    anything changed: no stream id is used, nothing is queued, the session carries on.
+    :attr:`size` is the encoded size in bytes, :attr:`limit` the most allowed.
+    """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} head of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
 
 
 class RemoteProtocolError(ProtocolError):
