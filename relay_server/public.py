@@ -29,6 +29,7 @@ from tunnel_client.protocol.errors import (
     ResetCode,
     SessionClosed,
     StreamReset,
+    port_of_reason,
 )
 from tunnel_client.protocol.heads import RequestHead, ResponseHead
 
@@ -248,9 +249,14 @@ async def _pump_body(
 
 
 def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
+    # The reason is the client's text: it goes to our log, never onto a page (it could
+    # carry the owner's internals, or anything a hostile client wants to show).
+    logger.debug("stream reset by the client before its reply: %s", reset)
     match reset.code:
         case ResetCode.UPSTREAM_UNAVAILABLE:
-            return pages.local_refused(reset.reason or "connection refused")
+            return pages.local_refused(port_of_reason(reset.reason))
+        case ResetCode.UPSTREAM_ERROR:
+            return pages.local_invalid()
         case ResetCode.UPSTREAM_HEAD_TOO_LARGE:
             return pages.local_head_too_large()
         case ResetCode.UPSTREAM_TIMEOUT:
@@ -260,7 +266,7 @@ def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
         case ResetCode.REFUSED:
             return pages.too_many("The link's owner is serving too many requests at once")
         case _:
-            return pages.local_failed(reset.reason or reset.code.name.lower())
+            return pages.local_failed()
 
 
 async def _relay_response(
@@ -283,8 +289,9 @@ async def _relay_response(
     problem = _length_problem(request, head, ended)
     if problem is not None:
         # Passed on, a lying length would desync the visitor's keep-alive connection.
+        logger.debug("stream %d: %s", stream.id, problem)
         stream.reset(ResetCode.PROTOCOL_ERROR, problem)
-        return pages.error_response(request, pages.local_failed(problem))
+        return pages.error_response(request, pages.local_invalid())
     response = _Response(status=head.status)
     host = public_host.rsplit(":", 1)[0].lower() if ":" in public_host else public_host.lower()
     for name, value in response_headers(head.headers, domain=relay.config.domain, host=host):

@@ -18,6 +18,8 @@ from tunnel_client.protocol.errors import (
     SessionClosed,
     StreamReset,
     TunnelError,
+    port_of_reason,
+    unavailable_reason,
 )
 
 
@@ -41,6 +43,17 @@ def test_head_too_large_says_how_large_and_the_limit() -> None:
     error = HeadTooLarge("REPLY", 320_896, 262_144)
     assert (error.size, error.limit) == (320_896, 262_144)
     assert str(error) == "REPLY head of 320896 bytes exceeds the limit of 262144 bytes"
+
+
+def test_the_unavailable_reason_carries_the_port_and_nothing_else() -> None:
+    reason = unavailable_reason(7860)
+    assert reason == "nothing is listening on port 7860"
+    assert port_of_reason(reason) == 7860
+    assert port_of_reason("nothing accepted the connection (Connect call failed)") is None
+    assert port_of_reason("") is None
+    assert port_of_reason("port 0") is None
+    assert port_of_reason("port 99999") is None
+    assert port_of_reason("port 123456") is None
 
 
 def test_messages_name_the_code_and_reason() -> None:

@@ -30,6 +30,7 @@ visitor 431, the client resets the stream with ``UPSTREAM_HEAD_TOO_LARGE``.
 from __future__ import annotations
 
 import enum
+import re
 
 __all__ = [
     "ConfigError",
@@ -44,6 +45,8 @@ __all__ = [
     "SessionClosed",
     "StreamReset",
     "TunnelError",
+    "port_of_reason",
+    "unavailable_reason",
 ]
 
 
@@ -82,7 +85,9 @@ class ResetCode(enum.IntEnum):
     REFUSED = 1
     """The receiver refused the stream before doing anything with it (too many streams)."""
     UPSTREAM_UNAVAILABLE = 2
-    """The local server refused the connection (nothing listens on the port)."""
+    """The local server refused the connection (nothing listens on the port).
+
+    The reason is :func:`unavailable_reason`: it names the port and nothing else."""
     UPSTREAM_TIMEOUT = 3
     """The local server did not start a response in time."""
     UPSTREAM_ERROR = 4
@@ -164,3 +169,24 @@ class ConfigError(TunnelError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+_PORT_REASON = re.compile(r"\bport (\d{1,5})\b")
+
+
+def unavailable_reason(port: int) -> str:
+    """The reason a client sends with ``RESET(UPSTREAM_UNAVAILABLE)``: the port, no details.
+
+    The relay builds its 502 page from the port alone (:func:`port_of_reason`); why the
+    connection failed stays in the client's own log.
+    """
+    return f"nothing is listening on port {port}"
+
+
+def port_of_reason(reason: str) -> int | None:
+    """The port a :func:`unavailable_reason` names, or None if it names none."""
+    match = _PORT_REASON.search(reason)
+    if match is None:
+        return None
+    port = int(match.group(1))
+    return port if 0 < port < 65536 else None
