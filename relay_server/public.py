@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import datetime
 import hmac
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from yarl import URL
 
-from tunnel_client.protocol.aio import Stream, WebSocketClosed
+from tunnel_client.protocol.aio import Stream, bridge_websocket
 from tunnel_client.protocol.errors import (
     HeadTooLarge,
     LocalProtocolError,
@@ -367,7 +366,7 @@ def _abort(request: web.BaseRequest) -> None:
 async def _relay_websocket(
     request: web.BaseRequest, stream: Stream, head: ResponseHead
 ) -> web.StreamResponse:
-    """Relay a WebSocket message by message, in both directions."""
+    """Accept the visitor's WebSocket and relay it message by message, both ways."""
     protocol = head.header("Sec-WebSocket-Protocol")
     ws = web.WebSocketResponse(
         protocols=(protocol,) if protocol else (),
@@ -376,44 +375,5 @@ async def _relay_websocket(
         max_msg_size=16 << 20,
     )
     await ws.prepare(request)
-
-    async def visitor_to_local() -> None:
-        # receive(), not `async for`: the CLOSE message carries the reason to pass on.
-        while (msg := await ws.receive()).type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            if msg.type is WSMsgType.TEXT:
-                await stream.send_message(msg.data.encode(), text=True)
-            else:
-                await stream.send_message(msg.data, text=False)
-        reason = msg.extra if msg.type is WSMsgType.CLOSE and msg.extra else ""
-        if stream.writable:
-            stream.send_close(ws.close_code or 1000, reason)
-
-    async def local_to_visitor() -> None:
-        while True:
-            item = await stream.receive_message()
-            if isinstance(item, WebSocketClosed):
-                await ws.close(code=item.code, message=item.reason.encode())
-                return
-            if item.text:
-                await ws.send_str(item.data.decode("utf-8", "replace"))
-            else:
-                await ws.send_bytes(item.data)
-
-    up = asyncio.create_task(visitor_to_local())
-    down = asyncio.create_task(local_to_visitor())
-    try:
-        await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
-        if down.done() and down.exception() is None:
-            # The local side closed: give the visitor's close a moment to come back.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(up), 5)
-        elif up.done() and up.exception() is None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(down), 5)
-    finally:
-        for task in (up, down):
-            task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
-        if not ws.closed:
-            await ws.close(code=1011, message=b"tunnel stream ended")
+    await bridge_websocket(stream, ws)
     return ws

@@ -9,7 +9,6 @@ as the local server consumes it, the response body is written as credit allows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +18,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .protocol.aio import Stream, WebSocketClosed
+from .protocol.aio import Stream, bridge_websocket
 from .protocol.errors import (
     HeadTooLarge,
     ResetCode,
@@ -38,7 +37,6 @@ READ_BUFFER_BYTES = 64 * 1024
 
 # aiohttp would otherwise add its own values for these when the visitor sent none.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-_WS_DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 # The client does its own WebSocket handshake with the local server.
 _WS_HANDSHAKE_HEADERS = frozenset(
     {
@@ -232,43 +230,8 @@ class Forwarder:
         stream.reply(ResponseHead(101, reply))
         self._record(head, 101, started, 0)
         async with ws:
-            await _relay_websocket(stream, ws)
-
-
-async def _relay_websocket(stream: Stream, ws: aiohttp.ClientWebSocketResponse) -> None:
-    async def local_to_visitor() -> None:
-        # receive(), not `async for`: the CLOSE message carries the reason to pass on.
-        while (msg := await ws.receive()).type in _WS_DATA:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                await stream.send_message(msg.data.encode(), text=True)
-            else:
-                await stream.send_message(msg.data, text=False)
-        reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE and msg.extra else ""
-        if stream.writable:
-            stream.send_close(ws.close_code or 1000, reason)
-
-    async def visitor_to_local() -> None:
-        while True:
-            item = await stream.receive_message()
-            if isinstance(item, WebSocketClosed):
-                await ws.close(code=item.code, message=item.reason.encode())
-                return
-            if item.text:
-                await ws.send_str(item.data.decode("utf-8", "replace"))
-            else:
-                await ws.send_bytes(item.data)
-
-    down = asyncio.create_task(local_to_visitor())
-    up = asyncio.create_task(visitor_to_local())
-    try:
-        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        other = down if up in done else up
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(other), 5)
-    finally:
-        for task in (up, down):
-            task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
+            # 1001 (going away) if the visitor or the tunnel vanished without a close.
+            await bridge_websocket(stream, ws, abort_code=1001)
 
 
 # What the relay hears with a reset: fixed words, never an exception's text.
