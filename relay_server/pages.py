@@ -126,22 +126,45 @@ def owner_lost(code: GoAwayCode) -> ErrorPage:
     )
 
 
-def local_refused(reason: str) -> ErrorPage:
+def local_refused(port: int | None) -> ErrorPage:
+    where = f"on port {port} of the owner's machine" if port else "on the owner's machine"
     return ErrorPage(
         502,
         "Nothing is answering on the owner's machine",
-        f"The tunnel is up, but the local server did not accept the request: {reason}.",
+        f"The tunnel is up, but nothing is answering {where}.",
         "If you own this link: start your app on that port. The link stays the same and "
         "works as soon as the app answers.",
     )
 
 
-def local_failed(reason: str) -> ErrorPage:
+def local_invalid() -> ErrorPage:
     return ErrorPage(
         502,
-        "The local server failed",
-        f"The app on the owner's machine broke off the response: {reason}.",
-        "If you own this link, check your app's log for errors.",
+        "The local app did not answer with HTTP",
+        "The tunnel is up, but the app on the owner's machine sent an answer that is not "
+        "valid HTTP, or broke off before its answer was complete.",
+        "If you own this link: check that the shared port runs your web app (not, say, an "
+        "SSH server), and look at its log. The tunnel's request log has the details.",
+    )
+
+
+def local_head_too_large() -> ErrorPage:
+    return ErrorPage(
+        502,
+        "The app's response head was too large",
+        "The app on the owner's machine answered, but its response head (the status and "
+        "headers) was too large to pass through the tunnel.",
+        "If you own this link: send fewer or smaller headers (often: too many or too large "
+        "cookies). The tunnel's request log has the sizes.",
+    )
+
+
+def local_failed() -> ErrorPage:
+    return ErrorPage(
+        502,
+        "The request failed on the owner's machine",
+        "The tunnel is up, but the owner's machine could not complete this request.",
+        "If you own this link, the tunnel's request log and your app's log say why.",
     )
 
 

@@ -12,22 +12,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import datetime
 import hmac
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from yarl import URL
 
-from tunnel_client.protocol.aio import Stream, WebSocketClosed
+from tunnel_client.protocol.aio import Stream, bridge_websocket
 from tunnel_client.protocol.errors import (
+    HeadTooLarge,
     LocalProtocolError,
     ResetCode,
     SessionClosed,
     StreamReset,
+    port_of_reason,
 )
 from tunnel_client.protocol.heads import RequestHead, ResponseHead
 
@@ -160,6 +161,11 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
     has_body = request.body_exists and not websocket
     try:
         stream = session.open_stream(head, end_stream=not has_body and not websocket)
+    except HeadTooLarge as exc:
+        # Under our limit as bytes, but JSON escaping (6 bytes per control or non-UTF-8
+        # byte) made it too large for an OPEN: refused here, the session carries on.
+        logger.debug("request head too large for the tunnel: %s", exc)
+        return pages.error_response(request, pages.headers_too_large(config.max_header_bytes))
     except SessionClosed:
         return pages.error_response(request, pages.client_away())
     pump = (
@@ -245,9 +251,16 @@ async def _pump_body(
 
 
 def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
+    # The reason is the client's text: it goes to our log, never onto a page (it could
+    # carry the owner's internals, or anything a hostile client wants to show).
+    logger.debug("stream reset by the client before its reply: %s", reset)
     match reset.code:
         case ResetCode.UPSTREAM_UNAVAILABLE:
-            return pages.local_refused(reset.reason or "connection refused")
+            return pages.local_refused(port_of_reason(reset.reason))
+        case ResetCode.UPSTREAM_ERROR:
+            return pages.local_invalid()
+        case ResetCode.UPSTREAM_HEAD_TOO_LARGE:
+            return pages.local_head_too_large()
         case ResetCode.UPSTREAM_TIMEOUT:
             return pages.local_timeout(relay.config.response_timeout_s)
         case ResetCode.TOO_LARGE:
@@ -255,7 +268,7 @@ def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
         case ResetCode.REFUSED:
             return pages.too_many("The link's owner is serving too many requests at once")
         case _:
-            return pages.local_failed(reset.reason or reset.code.name.lower())
+            return pages.local_failed()
 
 
 async def _relay_response(
@@ -280,8 +293,9 @@ async def _relay_response(
     problem = _length_problem(request, head, ended)
     if problem is not None:
         # Passed on, a lying length would desync the visitor's keep-alive connection.
+        logger.debug("stream %d: %s", stream.id, problem)
         stream.reset(ResetCode.PROTOCOL_ERROR, problem)
-        return pages.error_response(request, pages.local_failed(problem))
+        return pages.error_response(request, pages.local_invalid())
     response = _Response(status=head.status)
     host = public_host.rsplit(":", 1)[0].lower() if ":" in public_host else public_host.lower()
     for name, value in response_headers(head.headers, domain=relay.config.domain, host=host):
@@ -357,7 +371,7 @@ def _abort(request: web.BaseRequest) -> None:
 async def _relay_websocket(
     request: web.BaseRequest, stream: Stream, head: ResponseHead
 ) -> web.StreamResponse:
-    """Relay a WebSocket message by message, in both directions."""
+    """Accept the visitor's WebSocket and relay it message by message, both ways."""
     protocol = head.header("Sec-WebSocket-Protocol")
     ws = web.WebSocketResponse(
         protocols=(protocol,) if protocol else (),
@@ -366,44 +380,5 @@ async def _relay_websocket(
         max_msg_size=16 << 20,
     )
     await ws.prepare(request)
-
-    async def visitor_to_local() -> None:
-        # receive(), not `async for`: the CLOSE message carries the reason to pass on.
-        while (msg := await ws.receive()).type in (WSMsgType.TEXT, WSMsgType.BINARY):
-            if msg.type is WSMsgType.TEXT:
-                await stream.send_message(msg.data.encode(), text=True)
-            else:
-                await stream.send_message(msg.data, text=False)
-        reason = msg.extra if msg.type is WSMsgType.CLOSE and msg.extra else ""
-        if stream.writable:
-            stream.send_close(ws.close_code or 1000, reason)
-
-    async def local_to_visitor() -> None:
-        while True:
-            item = await stream.receive_message()
-            if isinstance(item, WebSocketClosed):
-                await ws.close(code=item.code, message=item.reason.encode())
-                return
-            if item.text:
-                await ws.send_str(item.data.decode("utf-8", "replace"))
-            else:
-                await ws.send_bytes(item.data)
-
-    up = asyncio.create_task(visitor_to_local())
-    down = asyncio.create_task(local_to_visitor())
-    try:
-        await asyncio.wait({up, down}, return_when=asyncio.FIRST_EXCEPTION)
-        if down.done() and down.exception() is None:
-            # The local side closed: give the visitor's close a moment to come back.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(up), 5)
-        elif up.done() and up.exception() is None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(down), 5)
-    finally:
-        for task in (up, down):
-            task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
-        if not ws.closed:
-            await ws.close(code=1011, message=b"tunnel stream ended")
+    await bridge_websocket(stream, ws)
     return ws

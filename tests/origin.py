@@ -31,6 +31,8 @@ Run it as a process: ``python -m tests.origin --port 0 --ready-file f`` writes
 ``/set-cookies``       one ``Set-Cookie`` header per ``?c=`` value, exactly as given
 ``/count``             any method: counts the request under ``?key=`` (``/stats``
                        ``count:<key>``), after reading its body
+``/big-cookies``       ``?n=40&size=8000``: n ``Set-Cookie`` headers of about size bytes
+                       each (a response head larger than a tunnel head may be)
 =====================  ==============================================================
 """
 
@@ -104,6 +106,16 @@ async def set_cookies(request: web.Request) -> web.Response:
     response = web.Response(text="cookies set\n")
     for value in request.query.getall("c", []):
         response.headers.add("Set-Cookie", value)
+    return response
+
+
+async def big_cookies(request: web.Request) -> web.Response:
+    count = int(request.query.get("n", "40"))
+    size = int(request.query.get("size", "8000"))
+    response = web.Response(text="big cookies\n")
+    for i in range(count):
+        name = f"c{i}="
+        response.headers.add("Set-Cookie", name + "x" * max(size - len(name), 0))
     return response
 
 
@@ -333,6 +345,7 @@ def make_app() -> web.Application:
     app.router.add_route("*", "/whoami/{tail:.*}", whoami)
     app.router.add_get("/set-cookies", set_cookies)
     app.router.add_route("*", "/count", count)
+    app.router.add_get("/big-cookies", big_cookies)
     return app
 
 

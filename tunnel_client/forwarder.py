@@ -9,7 +9,6 @@ as the local server consumes it, the response body is written as credit allows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,8 +18,14 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .protocol.aio import Stream, WebSocketClosed
-from .protocol.errors import ResetCode, SessionClosed, StreamReset
+from .protocol.aio import Stream, bridge_websocket
+from .protocol.errors import (
+    HeadTooLarge,
+    ResetCode,
+    SessionClosed,
+    StreamReset,
+    unavailable_reason,
+)
 from .protocol.heads import RequestHead, ResponseHead, strip_hop_by_hop
 
 __all__ = ["Forwarder", "RequestRecord"]
@@ -32,7 +37,6 @@ READ_BUFFER_BYTES = 64 * 1024
 
 # aiohttp would otherwise add its own values for these when the visitor sent none.
 _SKIP_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
-_WS_DATA = (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
 # The client does its own WebSocket handshake with the local server.
 _WS_HANDSHAKE_HEADERS = frozenset(
     {
@@ -55,6 +59,8 @@ class RequestRecord:
     duration_s: float
     bytes_out: int
     error: str | None = None
+    """What went wrong, with the details (for the owner's eyes only: visitors see a page
+    that says what happened in plain words, never this)."""
 
 
 class Forwarder:
@@ -137,9 +143,16 @@ class Forwarder:
                         await stream.write(chunk)
                     await stream.end()
         except aiohttp.ClientConnectorError as exc:
-            reason = f"nothing accepted the connection on {self.label} ({_why(exc)})"
-            stream.reset(ResetCode.UPSTREAM_UNAVAILABLE, reason)
-            self._record(head, 502, started, sent, reason)
+            self._unavailable(stream, head, started, exc)
+            return
+        except HeadTooLarge as exc:
+            # Sent, this head would end the whole session (the relay must refuse it), and
+            # every other request with it: only this one fails.
+            detail = (
+                f"the response head of {exc.size} bytes (encoded) is over the tunnel's "
+                f"limit of {exc.limit} bytes: send fewer or smaller headers (cookies?)"
+            )
+            self._fail(stream, head, started, ResetCode.UPSTREAM_HEAD_TOO_LARGE, detail)
             return
         except (StreamReset, SessionClosed):
             self._record(head, status or 499, started, sent, "visitor went away")
@@ -148,11 +161,39 @@ class Forwarder:
             self._record(head, status or 499, started, sent, "visitor went away")
             raise
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            reason = f"the local server at {self.label} failed: {_why(exc)}"
-            stream.reset(ResetCode.UPSTREAM_ERROR, reason)
-            self._record(head, 502, started, sent, reason)
+            detail = f"the local server at {self.label} failed: {_why(exc)}"
+            self._fail(stream, head, started, ResetCode.UPSTREAM_ERROR, detail, sent)
             return
         self._record(head, status, started, sent)
+
+    def _fail(
+        self,
+        stream: Stream,
+        head: RequestHead,
+        started: float,
+        code: ResetCode,
+        detail: str,
+        sent: int = 0,
+    ) -> None:
+        """Reset the stream with a reason of our own words; the details go to the owner.
+
+        The relay turns the code into a page for the visitor: what the local server or
+        its exception said (an SSH banner, an address) is the owner's business only.
+        """
+        logger.debug("stream %d: %s", stream.id, detail)
+        if code is ResetCode.UPSTREAM_UNAVAILABLE:
+            # The relay's page names the port: the one we were configured with.
+            reason = unavailable_reason(self.port)
+        else:
+            reason = _RESET_REASONS[code]
+        stream.reset(code, reason)
+        self._record(head, 502, started, sent, detail)
+
+    def _unavailable(
+        self, stream: Stream, head: RequestHead, started: float, exc: Exception
+    ) -> None:
+        detail = f"nothing accepted the connection on {self.label} ({_why(exc)})"
+        self._fail(stream, head, started, ResetCode.UPSTREAM_UNAVAILABLE, detail)
 
     async def _serve_websocket(self, stream: Stream, head: RequestHead, started: float) -> None:
         assert self._http is not None
@@ -179,56 +220,25 @@ class Forwarder:
             self._record(head, status, started, 0)
             return
         except aiohttp.ClientConnectorError as exc:
-            reason = f"nothing accepted the connection on {self.label} ({_why(exc)})"
-            stream.reset(ResetCode.UPSTREAM_UNAVAILABLE, reason)
-            self._record(head, 502, started, 0, reason)
+            self._unavailable(stream, head, started, exc)
             return
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            reason = f"the local server at {self.label} failed: {_why(exc)}"
-            stream.reset(ResetCode.UPSTREAM_ERROR, reason)
-            self._record(head, 502, started, 0, reason)
+            detail = f"the local server at {self.label} failed: {_why(exc)}"
+            self._fail(stream, head, started, ResetCode.UPSTREAM_ERROR, detail)
             return
         reply = (("Sec-WebSocket-Protocol", ws.protocol),) if ws.protocol else ()
         stream.reply(ResponseHead(101, reply))
         self._record(head, 101, started, 0)
         async with ws:
-            await _relay_websocket(stream, ws)
+            # 1001 (going away) if the visitor or the tunnel vanished without a close.
+            await bridge_websocket(stream, ws, abort_code=1001)
 
 
-async def _relay_websocket(stream: Stream, ws: aiohttp.ClientWebSocketResponse) -> None:
-    async def local_to_visitor() -> None:
-        # receive(), not `async for`: the CLOSE message carries the reason to pass on.
-        while (msg := await ws.receive()).type in _WS_DATA:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                await stream.send_message(msg.data.encode(), text=True)
-            else:
-                await stream.send_message(msg.data, text=False)
-        reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE and msg.extra else ""
-        if stream.writable:
-            stream.send_close(ws.close_code or 1000, reason)
-
-    async def visitor_to_local() -> None:
-        while True:
-            item = await stream.receive_message()
-            if isinstance(item, WebSocketClosed):
-                await ws.close(code=item.code, message=item.reason.encode())
-                return
-            if item.text:
-                await ws.send_str(item.data.decode("utf-8", "replace"))
-            else:
-                await ws.send_bytes(item.data)
-
-    down = asyncio.create_task(local_to_visitor())
-    up = asyncio.create_task(visitor_to_local())
-    try:
-        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        other = down if up in done else up
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(other), 5)
-    finally:
-        for task in (up, down):
-            task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
+# What the relay hears with a reset: fixed words, never an exception's text.
+_RESET_REASONS = {
+    ResetCode.UPSTREAM_ERROR: "the local server's answer was not valid HTTP or broke off",
+    ResetCode.UPSTREAM_HEAD_TOO_LARGE: "the local server's response head is too large",
+}
 
 
 async def _body(stream: Stream) -> AsyncIterator[bytes]:
@@ -241,5 +251,12 @@ def _why(exc: BaseException) -> str:
         return exc.os_error.strerror or str(exc.os_error)
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    text = (str(exc) or type(exc).__name__).splitlines()[0]
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.message:
+        # A parser complaint ("Bad status line: ... b'SSH-2.0-OpenSSH_9.2'") spans lines,
+        # and its last lines say what the server sent instead of HTTP: keep them all.
+        return _shorten(" ".join(exc.message.split()))
+    return _shorten((str(exc) or type(exc).__name__).splitlines()[0])
+
+
+def _shorten(text: str) -> str:
     return text if len(text) <= 160 else text[:157] + "..."

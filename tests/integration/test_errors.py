@@ -1,8 +1,10 @@
 """Clear errors: each failure has its status and a page, HTML for browsers, text otherwise.
 
-404 unknown link, 502 nothing listening locally (naming the port), 503 tunnel gone,
-504 local server too slow to start answering (but a slow stream is never cut), and
-410 once a link expired, with the client saying so and exiting.
+404 unknown link, 502 nothing listening locally (naming the port), 502 for a local
+server that does not speak HTTP, 503 tunnel gone, 504 local server too slow to start
+answering (but a slow stream is never cut), and 410 once a link expired, with the
+client saying so and exiting. Pages say what happened in plain words; the details (an
+exception's text, what the local server sent) go to the owner's request log only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import http.server
 import signal
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -90,9 +93,14 @@ def test_nothing_listening_is_502_naming_the_port_until_the_app_starts(
     with run_tunnel(port, relay=relay) as tunnel:
         local = tunnel.wait_event("local")
         assert local["listening"] is False and local["target"] == f"127.0.0.1:{port}"
-        both_forms(relay.port, tunnel.host, "/", 502, str(port))
+        pages = both_forms(relay.port, tunnel.host, "/", 502, f"port {port}")
+        for page in pages:
+            assert "Connect call failed" not in page and "rrno" not in page, page
+            assert "127.0.0.1" not in page, page
+        # The owner's request log has what the visitor is not shown.
         record = tunnel.wait_event("request", path="/")
         assert record["status"] == 502 and str(port) in record["error"]
+        assert "Connect call failed" in record["error"], record
         # The app starts on that port: the same link now serves it.
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _LateApp)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -105,6 +113,50 @@ def test_nothing_listening_is_502_naming_the_port_until_the_app_starts(
             thread.join(5)
         assert reply.status == 200, reply.body[:300]
         assert reply.body == b"the app started late\n"
+
+
+BANNER = b"SSH-2.0-OpenSSH_9.2"
+
+
+class _SshLike(socketserver.BaseRequestHandler):
+    """Not HTTP: greets every connection with an SSH banner, then waits for its close."""
+
+    def handle(self) -> None:
+        self.request.sendall(BANNER + b"\r\n")
+        self.request.settimeout(10)
+        try:
+            while self.request.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def ssh_port() -> Iterator[int]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SshLike)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_local_server_that_is_not_http_is_502_without_what_it_said(
+    relay: RelayProcess, ssh_port: int
+) -> None:
+    with run_tunnel(ssh_port, relay=relay) as tunnel:
+        pages = both_forms(relay.port, tunnel.host, "/", 502, "not valid HTTP")
+        for page in pages:
+            assert "SSH-2.0" not in page and "OpenSSH" not in page, page
+            assert "Bad status line" not in page, page
+        records = [tunnel.wait_event("request", path="/") for _ in pages]
+        for record in records:
+            assert record["status"] == 502
+            assert BANNER.decode() in record["error"] and "Bad status line" in record["error"]
 
 
 def test_tunnel_gone_is_503(relay: RelayProcess, origin: Origin) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -20,9 +21,11 @@ from tunnel_client.protocol.aio import (
     Stream,
     WebSocketClosed,
     WebSocketMessage,
+    bridge_websocket,
 )
 from tunnel_client.protocol.errors import (
     GoAwayCode,
+    HeadTooLarge,
     InvalidState,
     RemoteProtocolError,
     ResetCode,
@@ -560,3 +563,189 @@ async def test_reads_of_a_reset_websocket_raise() -> None:
             await stream.response()
         with pytest.raises(StreamReset, match="origin dropped"):
             await stream.receive_message()
+
+
+# -- heads too large to send -------------------------------------------------------------
+
+
+async def test_a_request_head_too_large_is_refused_and_the_session_carries_on() -> None:
+    huge = RequestHead("GET", "/", (("X-Junk", "\x01" * 50_000),))  # 300 kB as JSON
+    async with tunnel(echo) as t:
+        with pytest.raises(HeadTooLarge):
+            t.relay.open_stream(huge)
+        assert t.relay.open_streams == 0
+        stream = t.relay.open_stream(POST)
+        await stream.write(b"after")
+        await stream.end()
+        assert (await stream.response())[0].status == 200
+        assert await read_all(stream) == b"after"
+
+
+async def test_a_reply_too_large_leaves_the_stream_to_reset_and_the_session_up() -> None:
+    cookies = tuple(("Set-Cookie", f"c{i}=" + "v" * 7996) for i in range(40))
+
+    async def cookie_monster(stream: Stream) -> None:
+        assert stream.request is not None
+        if stream.request.target == "/cookies":
+            with pytest.raises(HeadTooLarge) as info:
+                stream.reply(ResponseHead(200, cookies))
+            assert stream.writable
+            stream.reset(ResetCode.UPSTREAM_HEAD_TOO_LARGE, f"{info.value.size} bytes")
+            return
+        await echo(stream)
+
+    async with tunnel(cookie_monster) as t:
+        big = t.relay.open_stream(RequestHead("GET", "/cookies"), end_stream=True)
+        with pytest.raises(StreamReset) as reset:
+            await big.response()
+        assert reset.value.code is ResetCode.UPSTREAM_HEAD_TOO_LARGE
+        small = t.relay.open_stream(GET, end_stream=True)
+        assert (await small.response())[0].status == 200
+        assert t.relay.ended is None and t.client.ended is None
+
+
+# -- the WebSocket bridge ----------------------------------------------------------------
+
+TEXT, BINARY, CLOSE, CLOSED = 0x1, 0x2, 0x8, 0x101  # aiohttp's WSMsgType values
+
+
+class Received(NamedTuple):
+    """What aiohttp's receive() returns (a NamedTuple too)."""
+
+    type: int
+    data: Any = None
+    extra: Any = None
+
+
+class FakeWebSocket:
+    """An aiohttp WebSocket as the bridge sees it: messages in, calls recorded."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[Received] = asyncio.Queue()
+        self.sent: list[str | bytes] = []
+        self.closes: list[tuple[int, bytes]] = []
+        self.closed = False
+        self.close_code: int | None = None
+
+    def peer_sends(self, *messages: Received) -> None:
+        for msg in messages:
+            if msg.type == CLOSE:
+                # aiohttp answers a close itself (autoclose) before returning it.
+                self.closed, self.close_code = True, msg.data
+            self.incoming.put_nowait(msg)
+
+    async def receive(self) -> Received:
+        return await self.incoming.get()
+
+    async def send_str(self, data: str) -> None:
+        self.sent.append(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        self.closes.append((code, message))
+        if self.closed:
+            return False
+        self.closed, self.close_code = True, code
+        self.incoming.put_nowait(Received(CLOSED))  # what receive() says once closed
+        return True
+
+
+@contextlib.asynccontextmanager
+async def bridged(
+    grace_s: float = 5.0,
+) -> AsyncIterator[tuple[Tunnel, Stream, FakeWebSocket, asyncio.Task[None]]]:
+    """A WebSocket stream whose client end is bridged to a fake local WebSocket."""
+    local = FakeWebSocket()
+    bridge: asyncio.Future[asyncio.Task[None]] = asyncio.get_running_loop().create_future()
+
+    async def serve(stream: Stream) -> None:
+        stream.reply(SWITCH)
+        bridging = bridge_websocket(stream, local, abort_code=1001, grace_s=grace_s)
+        task = asyncio.create_task(bridging)
+        bridge.set_result(task)
+        await task
+
+    async with tunnel(serve) as t:
+        stream = t.relay.open_stream(WS)
+        await stream.response()
+        yield t, stream, local, await bridge
+
+
+async def test_the_bridge_keeps_text_and_binary_both_ways() -> None:
+    async with bridged() as (_, stream, local, _):
+        await stream.send_message("h\u00e9".encode(), text=True)
+        await stream.send_message(b"\x00\xff", text=False)
+        await until(lambda: len(local.sent) == 2)
+        assert local.sent == ["h\u00e9", b"\x00\xff"]
+        local.peer_sends(Received(TEXT, "\u00fcber"), Received(BINARY, b"\x80"))
+        for data, text in (("\u00fcber".encode(), True), (b"\x80", False)):
+            item = await stream.receive_message()
+            assert isinstance(item, WebSocketMessage)
+            assert (item.data, item.text) == (data, text)
+
+
+async def test_a_close_from_the_websocket_passes_on_and_waits_for_the_answer() -> None:
+    async with bridged() as (_, stream, local, bridge):
+        local.peer_sends(Received(CLOSE, 4001, "asked to close"))
+        assert await stream.receive_message() == WebSocketClosed(4001, "asked to close")
+        await asyncio.sleep(0.01)
+        assert not bridge.done()  # waiting for the other end's close
+        stream.send_close(4001, "asked to close")
+        await bridge
+        assert local.closes == [(4001, b"asked to close")]  # passed on, never 1011
+
+
+async def test_a_close_from_the_stream_passes_on_and_comes_back() -> None:
+    async with bridged() as (_, stream, local, bridge):
+        stream.send_close(4002, "visitor leaves")
+        # The local end closed with those; what it closed with goes back as the answer.
+        assert await stream.receive_message() == WebSocketClosed(4002, "")
+        await bridge
+        assert local.closes == [(4002, b"visitor leaves")]
+
+
+async def test_a_close_left_unanswered_ends_the_bridge_after_the_grace() -> None:
+    async with bridged(grace_s=0.05) as (_, stream, local, bridge):
+        local.peer_sends(Received(CLOSE, None, None))
+        assert await stream.receive_message() == WebSocketClosed(1000, "")
+        await asyncio.wait_for(bridge, 5)
+        assert local.closes == []  # it closed itself: nothing more to send
+
+
+async def test_a_reset_stream_closes_the_websocket_with_the_abort_code() -> None:
+    async with bridged() as (_, stream, local, bridge):
+        stream.reset(ResetCode.CANCEL, "the visitor went away")
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(bridge, 5)
+        assert local.closes == [(1001, b"tunnel stream ended")]
+
+
+async def test_a_broken_stream_ends_the_bridge_at_once_with_1011() -> None:
+    """The relay's side: its stream fails while the visitor's WebSocket stays open."""
+    visitor = FakeWebSocket()
+
+    async def reset_after_upgrade(stream: Stream) -> None:
+        stream.reply(SWITCH)
+        await stream.receive_message()
+        stream.reset(ResetCode.UPSTREAM_ERROR, "the local WebSocket broke")
+
+    async with tunnel(reset_after_upgrade) as t:
+        stream = t.relay.open_stream(WS)
+        await stream.response()
+        visitor.peer_sends(Received(TEXT, "hello"))
+        await asyncio.wait_for(bridge_websocket(stream, visitor, grace_s=30), 5)
+        assert visitor.closes == [(1011, b"tunnel stream ended")]
+
+
+async def test_a_bridge_over_a_stream_that_ended_only_winds_down() -> None:
+    visitor = FakeWebSocket()
+    async with tunnel(ws_echo) as t:
+        stream = t.relay.open_stream(WS)
+        await stream.response()
+        stream.reset(ResetCode.CANCEL, "gone already")
+        visitor.peer_sends(Received(CLOSE, 1001, "going away"))
+        await asyncio.wait_for(bridge_websocket(stream, visitor), 5)
+        assert visitor.closes == []  # its own close was answered; nothing to pass on
+        assert not t.relay.mux.is_live(stream.id)

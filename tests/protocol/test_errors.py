@@ -9,6 +9,7 @@ from tunnel_client.protocol.errors import (
     ConfigError,
     FlowControlError,
     GoAwayCode,
+    HeadTooLarge,
     InvalidState,
     LocalProtocolError,
     ProtocolError,
@@ -17,6 +18,8 @@ from tunnel_client.protocol.errors import (
     SessionClosed,
     StreamReset,
     TunnelError,
+    port_of_reason,
+    unavailable_reason,
 )
 
 
@@ -33,6 +36,24 @@ def test_faults_are_split_by_who_is_at_fault() -> None:
     assert RemoteProtocolError("x").code is GoAwayCode.PROTOCOL_ERROR
     assert issubclass(LocalProtocolError, ProtocolError)
     assert issubclass(InvalidState, AssertionError)
+    assert issubclass(HeadTooLarge, LocalProtocolError)
+
+
+def test_head_too_large_says_how_large_and_the_limit() -> None:
+    error = HeadTooLarge("REPLY", 320_896, 262_144)
+    assert (error.size, error.limit) == (320_896, 262_144)
+    assert str(error) == "REPLY head of 320896 bytes exceeds the limit of 262144 bytes"
+
+
+def test_the_unavailable_reason_carries_the_port_and_nothing_else() -> None:
+    reason = unavailable_reason(7860)
+    assert reason == "nothing is listening on port 7860"
+    assert port_of_reason(reason) == 7860
+    assert port_of_reason("nothing accepted the connection (Connect call failed)") is None
+    assert port_of_reason("") is None
+    assert port_of_reason("port 0") is None
+    assert port_of_reason("port 99999") is None
+    assert port_of_reason("port 123456") is None
 
 
 def test_messages_name_the_code_and_reason() -> None:
@@ -54,4 +75,4 @@ def test_config_error_collects_every_problem() -> None:
 def test_codes_are_stable_on_the_wire() -> None:
     # These numbers travel in GOAWAY and RESET frames: changing one breaks old peers.
     assert [c.value for c in GoAwayCode] == list(range(11))
-    assert [c.value for c in ResetCode] == list(range(8))
+    assert [c.value for c in ResetCode] == list(range(9))

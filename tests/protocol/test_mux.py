@@ -20,6 +20,7 @@ from tests.protocol.helpers import (
 )
 from tunnel_client.protocol.errors import (
     GoAwayCode,
+    HeadTooLarge,
     InvalidState,
     LocalProtocolError,
     ResetCode,
@@ -38,6 +39,7 @@ from tunnel_client.protocol.events import (
 )
 from tunnel_client.protocol.frames import (
     HEADER,
+    MAX_HEAD_PAYLOAD,
     MAX_PAYLOAD,
     MAX_REASON_BYTES,
     Flags,
@@ -45,7 +47,7 @@ from tunnel_client.protocol.frames import (
     FrameType,
     decode_frames,
 )
-from tunnel_client.protocol.heads import ResponseHead
+from tunnel_client.protocol.heads import RequestHead, ResponseHead
 from tunnel_client.protocol.mux import MAX_CONTROL_BACKLOG, MESSAGE_TARGET_BYTES, Mux, Role
 from tunnel_client.protocol.window import MAX_WINDOW, MIN_WINDOW
 
@@ -275,6 +277,97 @@ def test_reset_reasons_are_bounded_and_unknown_codes_mapped() -> None:
     assert pair.client.events_received() == [
         ResetReceived(sid, ResetCode.INTERNAL_ERROR, "\ufffd bad utf-8")
     ]
+
+
+# -- heads too large to send: refused locally, nothing changes -----------------------------
+
+
+def padded_request(encoded_size: int, *, websocket: bool = False) -> RequestHead:
+    """A request head whose OPEN payload is exactly ``encoded_size`` bytes."""
+    base = RequestHead("GET", "/", (("X-Pad", ""),), websocket=websocket)
+    return RequestHead(
+        "GET", "/", (("X-Pad", "x" * (encoded_size - len(base.encode()))),), websocket=websocket
+    )
+
+
+def padded_reply(encoded_size: int, status: int = 200) -> ResponseHead:
+    """A response head whose REPLY payload is exactly ``encoded_size`` bytes."""
+    base = ResponseHead(status, (("Set-Cookie", ""),))
+    return ResponseHead(status, (("Set-Cookie", "x" * (encoded_size - len(base.encode()))),))
+
+
+# A visitor's control characters escape 6 times over in JSON: 50 000 of them are a head
+# well under most byte limits, and over MAX_HEAD_PAYLOAD once encoded.
+ESCAPED = RequestHead("GET", "/", (("Host", "x.example"), ("X-Junk", "\x01" * 50_000)))
+# 40 cookies of 8000 bytes: what made a client send a REPLY the relay had to refuse.
+COOKIES = ResponseHead(200, tuple(("Set-Cookie", f"c{i}=" + "v" * 7996) for i in range(40)))
+
+
+def test_open_stream_refuses_a_head_too_large_to_send_and_changes_nothing() -> None:
+    pair = MuxPair()
+    first = pair.open(POST, end_stream=False)
+    with pytest.raises(HeadTooLarge) as info:
+        pair.relay.open_stream(ESCAPED)
+    assert isinstance(info.value, LocalProtocolError)
+    assert info.value.size == len(ESCAPED.encode()) > MAX_HEAD_PAYLOAD
+    assert info.value.limit == MAX_HEAD_PAYLOAD
+    assert f"OPEN head of {info.value.size} bytes" in str(info.value)
+    # No id used, nothing queued, the session and the stream before it carry on.
+    assert pair.relay.pending_bytes == 0
+    assert pair.relay.open_streams == 1 and pair.relay.ended is None
+    assert pair.relay.open_stream(GET, end_stream=True) == first + 2
+    pumped = pair.pump()
+    assert pumped.client == [StreamOpened(first + 2, GET, True)]
+    pair.relay.send_data(first, b"still here", end_stream=True)
+    pumped = pair.pump()
+    assert pumped.client == [DataReceived(first, b"still here", True)]
+
+
+def test_send_reply_refuses_a_head_too_large_and_the_stream_still_awaits_one() -> None:
+    pair = MuxPair()
+    sid = pair.open(GET)
+    other = pair.open(GET)
+    with pytest.raises(HeadTooLarge, match=r"REPLY head of \d+ bytes exceeds") as info:
+        pair.client.send_reply(sid, COOKIES)
+    assert info.value.size == len(COOKIES.encode())
+    assert pair.client.pending_bytes == 0
+    assert pair.client.can_send(sid)
+    # Still unreplied: a body may not go first, and a (small) reply may.
+    with pytest.raises(InvalidState, match="reply before the response body"):
+        pair.client.send_data(sid, b"x")
+    pair.client.reset_stream(sid, ResetCode.UPSTREAM_HEAD_TOO_LARGE, "head too large")
+    pair.client.send_reply(other, OK, end_stream=True)
+    pumped = pair.pump()
+    assert pumped.relay == [
+        ResetReceived(sid, ResetCode.UPSTREAM_HEAD_TOO_LARGE, "head too large"),
+        ReplyReceived(other, OK, True),
+    ]
+    assert pair.relay.ended is None and pair.client.ended is None
+
+
+def test_a_refused_upgrade_leaves_the_stream_not_upgraded() -> None:
+    pair = MuxPair()
+    sid = pair.open(WS, end_stream=False)
+    with pytest.raises(HeadTooLarge):
+        pair.client.send_reply(sid, padded_reply(MAX_HEAD_PAYLOAD + 1, status=101))
+    pair.client.send_reply(sid, SWITCH)
+    pumped = pair.pump()
+    assert pumped.relay == [ReplyReceived(sid, SWITCH, False)]
+
+
+def test_heads_of_exactly_the_limit_are_sent_and_accepted() -> None:
+    pair = MuxPair()
+    request = padded_request(MAX_HEAD_PAYLOAD)
+    assert len(request.encode()) == MAX_HEAD_PAYLOAD
+    sid = pair.relay.open_stream(request, end_stream=True)
+    pumped = pair.pump()
+    assert pumped.client == [StreamOpened(sid, request, True)]
+    reply = padded_reply(MAX_HEAD_PAYLOAD)
+    pair.client.send_reply(sid, reply, end_stream=True)
+    pumped = pair.pump()
+    assert pumped.relay == [ReplyReceived(sid, reply, True)]
+    with pytest.raises(HeadTooLarge):
+        pair.relay.open_stream(padded_request(MAX_HEAD_PAYLOAD + 1))
 
 
 # -- peer faults: GOAWAY(PROTOCOL_ERROR), and nothing processed afterwards ----------------

@@ -24,6 +24,11 @@ The bound: the peer PINGs after one keepalive interval of silence and this side 
 at once, so before the stall this side had sent something within 1.5 intervals; a stall
 of at most one interval (a third of the timeout) keeps the peer's silence under 2.5
 intervals, short of the 3 intervals after which it gives up.
+
+:func:`bridge_websocket` joins an upgraded stream to a real WebSocket, message by
+message. Both sides use it: the relay with the visitor's WebSocket, the client with the
+local server's. It is written against :class:`WebSocketEnd`, which aiohttp's server
+and client WebSockets both satisfy, so this module still imports no WebSocket library.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import (
     GoAwayCode,
@@ -62,11 +67,14 @@ from .mux import Bytes, Mux
 
 __all__ = [
     "HIGH_WATER_BYTES",
+    "WS_CLOSE_GRACE_S",
     "MessageTransport",
     "Session",
     "Stream",
     "WebSocketClosed",
+    "WebSocketEnd",
     "WebSocketMessage",
+    "bridge_websocket",
 ]
 
 HIGH_WATER_BYTES = 1 << 20
@@ -75,6 +83,8 @@ HIGH_WATER_BYTES = 1 << 20
 LOW_WATER_BYTES = 256 * 1024
 DEFAULT_MAX_WS_MESSAGE = 16 << 20
 CLOSE_GRACE_S = 5.0
+WS_CLOSE_GRACE_S = 5.0
+"""Once one end of a bridged WebSocket closed, the other has this long to close back."""
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +244,12 @@ class Stream:
         self._session.forget_if_done(self.id)
 
     def reply(self, head: ResponseHead, *, end_stream: bool = False) -> None:
-        """(client) Send the response head."""
+        """(client) Send the response head.
+
+        Raises:
+            HeadTooLarge: if the head is too large to send; the stream is unchanged
+                (reset it to tell the relay).
+        """
         self._check_usable()
         self._mux.send_reply(self.id, head, end_stream=end_stream)
         self._session.flush()
@@ -375,7 +390,12 @@ class Session:
         return self.mux.open_streams
 
     def open_stream(self, head: RequestHead, *, end_stream: bool = False) -> Stream:
-        """(relay) Open a stream for one public request."""
+        """(relay) Open a stream for one public request.
+
+        Raises:
+            HeadTooLarge: if the head is too large to send; the session is unchanged.
+            SessionClosed: if the session has ended.
+        """
         self._check_running()
         stream_id = self.mux.open_stream(head, end_stream=end_stream)
         stream = Stream(self, stream_id, None)
@@ -621,3 +641,107 @@ class Session:
                 else:
                     # Our answer is complete; the rest of the peer's body is not wanted.
                     stream.reset(ResetCode.CANCEL, "response complete")
+
+
+# -- WebSockets -------------------------------------------------------------------------
+
+# RFC 6455 opcodes, which are also the values of aiohttp's WSMsgType for these messages.
+_WS_TEXT = 0x1
+_WS_BINARY = 0x2
+_WS_CLOSE = 0x8
+
+
+class WebSocketReceived(Protocol):
+    """A message from :meth:`WebSocketEnd.receive` (aiohttp's ``WSMessage``)."""
+
+    @property
+    def type(self) -> int:
+        """The opcode: 0x1 text, 0x2 binary, 0x8 close; anything else ends the WebSocket."""
+
+    @property
+    def data(self) -> Any:
+        """``str`` for text, ``bytes`` for binary."""
+
+    @property
+    def extra(self) -> Any:
+        """The reason of a close, if any."""
+
+
+class WebSocketEnd(Protocol):
+    """The end of a WebSocket this side holds (aiohttp's server or client WebSocket)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once this end sent its close."""
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code, once the WebSocket closed."""
+
+    async def receive(self) -> WebSocketReceived:
+        """The next message, a close, or an error once the connection is gone."""
+
+    async def send_str(self, data: str) -> None:
+        """Send a text message."""
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send a binary message."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        """Close with a code and reason; returns False if already closed."""
+
+
+async def bridge_websocket(
+    stream: Stream,
+    ws: WebSocketEnd,
+    *,
+    abort_code: int = 1011,
+    abort_reason: str = "tunnel stream ended",
+    grace_s: float = WS_CLOSE_GRACE_S,
+) -> None:
+    """Relay messages between an upgraded stream and a WebSocket, both ways, until closed.
+
+    Text stays text and binary stays binary; a close code and its reason pass on to the
+    other end. Once one direction ended with a close, the other has ``grace_s`` to send
+    its own close back (the closing handshake), then both stop. If the bridge ends any
+    other way (a reset, a lost session, a broken connection), ``ws`` is closed with
+    ``abort_code``: 1011 suits a server end (the relay's, facing the visitor); a client
+    end (facing the local server) may not send 1011 (RFC 6455 §7.4.1) and passes 1001.
+    Returns normally in every case; the stream's state tells what happened.
+    """
+
+    async def ws_to_stream() -> None:
+        # receive(), not `async for`: the CLOSE message carries the reason to pass on.
+        while (msg := await ws.receive()).type in (_WS_TEXT, _WS_BINARY):
+            if msg.type == _WS_TEXT:
+                await stream.send_message(msg.data.encode(), text=True)
+            else:
+                await stream.send_message(msg.data, text=False)
+        reason = msg.extra if msg.type == _WS_CLOSE and msg.extra else ""
+        if stream.writable:
+            stream.send_close(ws.close_code or 1000, reason)
+
+    async def stream_to_ws() -> None:
+        while True:
+            item = await stream.receive_message()
+            if isinstance(item, WebSocketClosed):
+                await ws.close(code=item.code, message=item.reason.encode())
+                return
+            if item.text:
+                await ws.send_str(item.data.decode("utf-8", "replace"))
+            else:
+                await ws.send_bytes(item.data)
+
+    directions = {asyncio.create_task(ws_to_stream()), asyncio.create_task(stream_to_ws())}
+    try:
+        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+        if pending and all(not t.cancelled() and t.exception() is None for t in done):
+            # One end closed: give the other a moment to answer with its own close.
+            await asyncio.wait(pending, timeout=grace_s)
+    finally:
+        for task in directions:
+            task.cancel()
+        await asyncio.gather(*directions, return_exceptions=True)
+        if not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close(code=abort_code, message=abort_reason.encode())

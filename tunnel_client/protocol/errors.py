@@ -5,6 +5,8 @@ Every exception raised by sharetunnel derives from :class:`TunnelError`::
     TunnelError
     ├── ProtocolError              .code: GoAwayCode
     │   ├── LocalProtocolError     we tried to send something illegal (our bug)
+    │   │   └── HeadTooLarge       .size/.limit: a head that does not fit its frame; refused
+    │   │                          before anything changed, the session and stream carry on
     │   └── RemoteProtocolError    the peer did: the session ends with GOAWAY(PROTOCOL_ERROR)
     │       └── FlowControlError   the peer sent more than its credit, or overflowed a window
     ├── InvalidState               an API used in the wrong state (also an AssertionError)
@@ -17,17 +19,26 @@ Errors are split by who is at fault, as in h11: code raises
 :class:`LocalProtocolError` for its own mistakes and the multiplexer turns a peer's
 mistakes into :class:`RemoteProtocolError` at the boundary, never letting them escape
 as anything else.
+
+One local error is not a bug but a refusal, and callers must expect it: a head comes
+from a visitor or a local app, and its JSON encoding may exceed
+:data:`~.frames.MAX_HEAD_PAYLOAD` (escaping can inflate a header up to 6 times). The
+multiplexer raises :class:`HeadTooLarge` for it before it changes any state, as h11
+raises ``LocalProtocolError`` for a response it will not send: the relay answers the
+visitor 431, the client resets the stream with ``UPSTREAM_HEAD_TOO_LARGE``.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 
 __all__ = [
     "ConfigError",
     "FlowControlError",
     "GoAwayCode",
     "HandshakeRefused",
+    "HeadTooLarge",
     "InvalidState",
     "LocalProtocolError",
     "ProtocolError",
@@ -36,6 +47,8 @@ __all__ = [
     "SessionClosed",
     "StreamReset",
     "TunnelError",
+    "port_of_reason",
+    "unavailable_reason",
 ]
 
 
@@ -74,7 +87,9 @@ class ResetCode(enum.IntEnum):
     REFUSED = 1
     """The receiver refused the stream before doing anything with it (too many streams)."""
     UPSTREAM_UNAVAILABLE = 2
-    """The local server refused the connection (nothing listens on the port)."""
+    """The local server refused the connection (nothing listens on the port).
+
+    The reason is :func:`unavailable_reason`: it names the port and nothing else."""
     UPSTREAM_TIMEOUT = 3
     """The local server did not start a response in time."""
     UPSTREAM_ERROR = 4
@@ -85,6 +100,8 @@ class ResetCode(enum.IntEnum):
     """The sender hit a bug while serving the stream."""
     TOO_LARGE = 7
     """A message on the stream exceeded a size limit."""
+    UPSTREAM_HEAD_TOO_LARGE = 8
+    """The local server's response head does not fit in a REPLY (see :class:`HeadTooLarge`)."""
 
 
 class TunnelError(Exception):
@@ -102,6 +119,20 @@ class ProtocolError(TunnelError):
 
 class LocalProtocolError(ProtocolError):
     """This side tried to send something the protocol forbids: always a bug here."""
+
+
+class HeadTooLarge(LocalProtocolError):
+    """A request or response head whose encoding exceeds what its frame may carry.
+
+    Raised by :meth:`~.mux.Mux.open_stream` and :meth:`~.mux.Mux.send_reply` before
+    anything changed: no stream id is used, nothing is queued, the session carries on.
+    :attr:`size` is the encoded size in bytes, :attr:`limit` the most allowed.
+    """
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} head of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
 
 
 class RemoteProtocolError(ProtocolError):
@@ -158,3 +189,24 @@ class ConfigError(TunnelError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+_PORT_REASON = re.compile(r"\bport (\d{1,5})\b")
+
+
+def unavailable_reason(port: int) -> str:
+    """The reason a client sends with ``RESET(UPSTREAM_UNAVAILABLE)``: the port, no details.
+
+    The relay builds its 502 page from the port alone (:func:`port_of_reason`); why the
+    connection failed stays in the client's own log.
+    """
+    return f"nothing is listening on port {port}"
+
+
+def port_of_reason(reason: str) -> int | None:
+    """The port a :func:`unavailable_reason` names, or None if it names none."""
+    match = _PORT_REASON.search(reason)
+    if match is None:
+        return None
+    port = int(match.group(1))
+    return port if 0 < port < 65536 else None

@@ -26,6 +26,12 @@ Peer faults
     Any broken rule ends the session: the mux queues GOAWAY(PROTOCOL_ERROR) with a
     reason, reports :class:`~.events.SessionEnded`, and ignores everything after. It
     never raises for the peer's input.
+
+Heads too large to send
+    A head whose JSON exceeds :data:`~.frames.MAX_HEAD_PAYLOAD` is a protocol error
+    for the peer, which would end the whole session. :meth:`Mux.open_stream` and
+    :meth:`Mux.send_reply` refuse it with :class:`~.errors.HeadTooLarge` before they
+    change anything, so only that one request fails.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from collections.abc import Callable
 
 from .errors import (
     GoAwayCode,
+    HeadTooLarge,
     InvalidState,
     LocalProtocolError,
     RemoteProtocolError,
@@ -57,6 +64,7 @@ from .events import (
 )
 from .frames import (
     HEADER,
+    MAX_HEAD_PAYLOAD,
     MAX_PAYLOAD,
     Flags,
     Frame,
@@ -143,6 +151,14 @@ def _frozen(data: Bytes, n: int) -> Bytes:
     if isinstance(data, memoryview) and isinstance(data.obj, bytes) and data.itemsize == 1:
         return data[:n]
     return bytes(data[:n])
+
+
+def _encoded_head(what: str, head: RequestHead | ResponseHead) -> bytes:
+    """A head's frame payload; refuses one the peer would have to reject (a session killer)."""
+    payload = head.encode()
+    if len(payload) > MAX_HEAD_PAYLOAD:
+        raise HeadTooLarge(what, len(payload), MAX_HEAD_PAYLOAD)
+    return payload
 
 
 def _reason_text(raw: bytes) -> str:
@@ -473,20 +489,31 @@ class Mux:
         return stream
 
     def open_stream(self, head: RequestHead, *, end_stream: bool = False) -> int:
-        """(relay) Open a stream for one public request; return its id."""
+        """(relay) Open a stream for one public request; return its id.
+
+        Raises:
+            HeadTooLarge: if the encoded head exceeds :data:`~.frames.MAX_HEAD_PAYLOAD`.
+                Nothing changed: no id was used, nothing was queued.
+        """
         self._check_open()
         if self.role is not Role.RELAY:
             raise InvalidState("only the relay opens streams")
+        payload = _encoded_head("OPEN", head)
         stream_id = self._last_id + 2
         self._last_id = stream_id
         stream = _Stream(stream_id, self.window, self.peer_window, head.websocket)
         stream.local_open = not end_stream
         self._streams[stream_id] = stream
-        self._emit(FrameType.OPEN, Flags.FIN if end_stream else 0, stream_id, head.encode())
+        self._emit(FrameType.OPEN, Flags.FIN if end_stream else 0, stream_id, payload)
         return stream_id
 
     def send_reply(self, stream_id: int, head: ResponseHead, *, end_stream: bool = False) -> None:
-        """(client) Answer a stream with the local server's response head."""
+        """(client) Answer a stream with the local server's response head.
+
+        Raises:
+            HeadTooLarge: if the encoded head exceeds :data:`~.frames.MAX_HEAD_PAYLOAD`.
+                Nothing changed: the stream still awaits a reply (or a reset).
+        """
         if self.role is not Role.CLIENT:
             raise InvalidState("only the client sends replies")
         stream = self._sendable(stream_id)
@@ -495,13 +522,14 @@ class Mux:
         if head.status == 101:
             if not stream.wants_websocket or end_stream:
                 raise InvalidState("status 101 needs a WebSocket request and an open stream")
-            stream.upgraded = True
         elif head.status < 200:
             raise InvalidState("informational statuses are not relayed")
+        payload = _encoded_head("REPLY", head)
+        stream.upgraded = head.status == 101
         stream.replied = True
         if end_stream:
             stream.local_open = False
-        self._emit(FrameType.REPLY, Flags.FIN if end_stream else 0, stream_id, head.encode())
+        self._emit(FrameType.REPLY, Flags.FIN if end_stream else 0, stream_id, payload)
         self._forget_if_done(stream)
 
     def _take_credit(self, stream: _Stream, size: int) -> int:

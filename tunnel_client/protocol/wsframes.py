@@ -148,7 +148,7 @@ class WebSocketCodec:
         if self.close_received:
             return  # §5.5.1: nothing after a CLOSE counts
         self._buffer += data
-        while not self.close_received and self._parse_one():
+        while self._parse_one():  # False once more bytes are needed, or after a CLOSE
             pass
 
     def events_received(self) -> list[Message | Close]:
