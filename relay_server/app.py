@@ -1,8 +1,10 @@
-"""The relay: one aiohttp server for tunnel clients, visitors and health checks.
+"""The relay: one listening socket for visitors, tunnel clients and health checks.
 
 Requests are routed by Host first: ``<sub>.<domain>`` belongs to a link, whatever
-its path (a tunnelled app may well have a ``/_tunnel`` of its own); any other host is
-the relay itself, which serves ``/_tunnel`` (clients), ``/_health`` and a landing page.
+its path (a tunnelled app may well have a ``/_tunnel`` of its own), and is served by
+the visitor edge (:mod:`.edge`); any other host is the relay itself, which serves
+``/_tunnel`` (clients), ``/_health`` and a landing page with aiohttp, one request per
+connection handed to it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ from aiohttp import web
 from . import pages
 from .config import RelayConfig
 from .directory import Limits, MemoryDirectory
+from .edge import Edge
 from .endpoint import accept_tunnel
 from .forwarding import peer_address
-from .http_server import RelayHTTPServer
 from .leases import LeaseSigner, load_or_create_key
-from .public import handle_public
 from .tokens import TokenStore
 
 __all__ = ["Relay"]
@@ -58,7 +59,9 @@ class Relay:
         """Public requests being served right now."""
         self._idle = asyncio.Event()
         self._idle.set()
-        self._runner: web.ServerRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._aiohttp: web.Server | None = None
+        self.edge: Edge | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
 
@@ -66,35 +69,29 @@ class Relay:
 
     async def start(self) -> None:
         """Listen; on return, :attr:`port` is the bound port."""
-        server = RelayHTTPServer(
+        self._aiohttp = web.Server(
             self.dispatch,
-            header_timeout_s=self.config.header_timeout_s,
-            max_header_bytes=self.config.max_header_bytes,
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=self.config.idle_timeout_s,
-            # Parser limits sit above ours so that oversized headers get our 431 page,
-            # not the parser's bare 400.
-            max_line_size=self.config.max_header_bytes * 2,
-            max_field_size=self.config.max_header_bytes * 2,
-            max_headers=1024,
-            # Bodies pass through byte for byte: never decompress them here.
+            # The edge already checked the head against max_header_bytes.
+            max_line_size=self.config.max_header_bytes,
+            max_field_size=self.config.max_header_bytes,
             auto_decompress=False,
-            # A visitor's upload waits in aiohttp's buffer (up to twice this) while its
-            # stream has no credit; the 256 KiB default would hold 512 KiB+ per upload.
-            read_bufsize=64 * 1024,
         )
-        self._runner = web.ServerRunner(server, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
+        self.edge = Edge(self, self._aiohttp)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self.edge,
             self.config.host,
             self.config.port,
-            ssl_context=self.ssl_context,
+            ssl=self.ssl_context,
             reuse_address=True,
+            backlog=1024,
+            # A TLS handshake is part of what a visitor must finish in time.
+            ssl_handshake_timeout=self.config.header_timeout_s if self.ssl_context else None,
         )
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
+        sockets = self._server.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]
         logger.info(
@@ -138,9 +135,23 @@ class Relay:
             if late:
                 await asyncio.wait(late, timeout=5)
         self.directory.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None:
+            self._server.close()
+        if self.edge is not None:
+            self.edge.abort_all()
+        if self._aiohttp is not None:
+            await self._aiohttp.shutdown(5)
         logger.info("relay stopped")
+
+    def request_started(self) -> None:
+        """A visitor's request to a link is being served (see :attr:`inflight`)."""
+        self.inflight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run work that must outlive the request handler that started it."""
@@ -170,18 +181,18 @@ class Relay:
         return label or None
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Route one request by Host, then by path."""
-        host = request.headers.get("Host", "")
-        sub = self.subdomain_of(host)
-        if sub is not None:
-            self.inflight += 1
-            self._idle.clear()
-            try:
-                return await handle_public(self, request, sub)
-            finally:
-                self.inflight -= 1
-                if self.inflight == 0:
-                    self._idle.set()
+        """Serve one request to the relay's own host (the edge serves links)."""
+        response = await self._dispatch(request)
+        # One request per connection: a new one starts at the edge, which keeps the
+        # head deadline and limits for every request.
+        response.force_close()
+        return response
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.subdomain_of(request.headers.get("Host", "")) is not None:
+            # A link's request pipelined behind one for the relay: not ours to serve
+            # here; a browser retries it on a connection of its own.
+            return _page(request, pages.misdirected())
         path = request.rel_url.path
         if path == "/_tunnel":
             return await accept_tunnel(self, request)
@@ -192,7 +203,7 @@ class Relay:
                 text=f"sharetunnel relay for *.{self.config.domain}: run `tunnel PORT --relay "
                 f"{self.config.scheme}://{self.config.domain}` to get a link.\n"
             )
-        return pages.error_response(request, pages.not_found())
+        return _page(request, pages.not_found())
 
     def health(self, request: web.BaseRequest) -> web.Response:
         """Liveness and a few numbers, as JSON."""
@@ -212,3 +223,8 @@ class Relay:
             },
             status=200 if self.accepting else 503,
         )
+
+
+def _page(request: web.BaseRequest, page: pages.ErrorPage) -> web.Response:
+    headers, body = pages.render(page, pages.wants_html(request.headers.get("Accept")))
+    return web.Response(status=page.status, body=body, headers=headers)

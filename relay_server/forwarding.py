@@ -2,22 +2,25 @@
 
 Requests: hop-by-hop headers go; ``X-Forwarded-For``, ``X-Forwarded-Host`` and
 ``X-Forwarded-Proto`` are set by the relay (a visitor's own copies, and ``Forwarded``,
-are dropped: they would let anyone claim any address). Responses: hop-by-hop headers
-go, and a cookie scoped to the relay's domain (which every link shares) is narrowed to
-the link's own host, so one link can never set cookies for another.
+are dropped: they would let anyone claim any address). So are their spellings with
+underscores (``X_Forwarded_For``): nginx drops such headers by default, and WSGI and
+CGI servers turn ``-`` and ``_`` into the same ``HTTP_X_FORWARDED_FOR``, where a
+visitor's copy could win over the relay's. Responses: hop-by-hop headers go, and a
+cookie scoped to the relay's domain (which every link shares) is narrowed to the link's
+own host, so one link can never set cookies for another.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from aiohttp import web
 
-from tunnel_client.protocol.heads import Headers, strip_hop_by_hop
+from tunnel_client.protocol.heads import HOP_BY_HOP, Headers, strip_hop_by_hop
 
-__all__ = ["forward_request_headers", "peer_address", "response_headers"]
+__all__ = ["client_address", "forward_request_headers", "peer_address", "response_headers"]
 
 _REPLACED = frozenset(
     {
@@ -31,15 +34,19 @@ _REPLACED = frozenset(
         "expect",  # the relay answers 100-continue itself
     }
 )
+_DROPPED = _REPLACED | HOP_BY_HOP
+# Connection options that name no header of their own.
+_CONNECTION_OPTIONS = frozenset({"close", "keep-alive", "upgrade"})
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @lru_cache(maxsize=64)
-def _networks(
-    proxies: tuple[str, ...],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
 
 
+@lru_cache(maxsize=1024)
 def _is_trusted(address: str, proxies: tuple[str, ...]) -> bool:
     if not proxies or not address:
         return False
@@ -50,31 +57,68 @@ def _is_trusted(address: str, proxies: tuple[str, ...]) -> bool:
     return any(ip in net for net in _networks(proxies))
 
 
+def client_address(remote: str, forwarded_for: Iterable[str], proxies: tuple[str, ...]) -> str:
+    """The visitor's address: the socket peer, or what trusted fronts say they saw.
+
+    Every ``X-Forwarded-For`` line is one comma-separated list (RFC 9110 §5.3); each
+    front appends the address it saw, so it is read from the right, past the trusted
+    fronts, up to the first address that none of them is. Nothing left of that can be
+    believed. A front's list that is not an address there means a broken front: then
+    the last trusted one's own address is all that is known.
+    """
+    if not _is_trusted(remote, proxies):
+        return remote
+    hops = [hop.strip() for line in forwarded_for for hop in line.split(",")]
+    seen = remote
+    for hop in reversed(hops):
+        if not hop:
+            continue
+        if not _is_trusted(hop, proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return seen
+        seen = hop
+    return seen
+
+
 def peer_address(request: web.BaseRequest, trusted_proxies: tuple[str, ...]) -> str:
-    """The visitor's address: the socket peer, or what a trusted front says it saw."""
-    remote = request.remote or ""
-    if _is_trusted(remote, trusted_proxies):
-        claimed = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
-        if claimed:
-            return claimed
-    return remote
+    """:func:`client_address` of a request aiohttp serves (the relay's own host)."""
+    return client_address(
+        request.remote or "", request.headers.getall("X-Forwarded-For", ()), trusted_proxies
+    )
 
 
 def forward_request_headers(
-    request: web.BaseRequest,
+    headers: Sequence[tuple[str, str]],
     *,
     public_host: str,
     scheme: str,
     client_ip: str,
-    drop: Iterable[str] = (),
+    drop: frozenset[str] = frozenset(),
 ) -> Headers:
-    """The visitor's headers as the local server should see them."""
-    dropped = _REPLACED | {d.lower() for d in drop}
-    kept = [
-        (name, value)
-        for name, value in strip_hop_by_hop(request.headers.items())
-        if name.lower() not in dropped
-    ]
+    """The visitor's headers as the local server should see them (``drop``: lowercase)."""
+    kept = []
+    named: set[str] = set()
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "connection":
+            named.update(token.strip().lower() for token in value.split(","))
+        if lname in _DROPPED or lname in drop:
+            continue
+        if "_" in lname:
+            spelled = lname.replace("_", "-")
+            if spelled in _DROPPED or spelled in drop:
+                continue
+        kept.append((name, value))
+    named -= _CONNECTION_OPTIONS
+    if named:
+        # Named in Connection: hop-by-hop too, whatever its name (RFC 9110 §7.6.1).
+        kept = [
+            (n, v)
+            for n, v in kept
+            if n.lower() not in named and n.lower().replace("_", "-") not in named
+        ]
     kept.append(("X-Forwarded-For", client_ip))
     kept.append(("X-Forwarded-Host", public_host))
     kept.append(("X-Forwarded-Proto", scheme))

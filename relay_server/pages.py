@@ -7,13 +7,12 @@ never cached (the condition they describe is usually temporary).
 from __future__ import annotations
 
 import html
+import http
 from dataclasses import dataclass
-
-from aiohttp import web
 
 from tunnel_client.protocol.errors import GoAwayCode
 
-__all__ = ["ErrorPage", "error_response"]
+__all__ = ["ErrorPage", "render", "wants_html"]
 
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -31,6 +30,9 @@ code{{background:#f3f3f3;padding:0 .25em;border-radius:3px}}
 """
 
 
+_KNOWN = frozenset(int(s) for s in http.HTTPStatus)
+
+
 @dataclass(frozen=True)
 class ErrorPage:
     """One error: its status, a title, what happened, and what the owner can do."""
@@ -42,35 +44,34 @@ class ErrorPage:
     retry_after_s: int | None = None
 
 
-def _wants_html(request: web.BaseRequest) -> bool:
-    return "text/html" in request.headers.get("Accept", "")
+def wants_html(accept: str | None) -> bool:
+    """True for browsers, which put text/html in their Accept header."""
+    return accept is not None and "text/html" in accept
 
 
-def error_response(request: web.BaseRequest, page: ErrorPage) -> web.Response:
-    """Render a page as HTML or plain text, whichever the visitor prefers."""
-    headers = {"Cache-Control": "no-store", "X-Sharetunnel-Error": str(page.status)}
-    if page.retry_after_s is not None:
-        headers["Retry-After"] = str(page.retry_after_s)
-    if _wants_html(request):
+def render(page: ErrorPage, html_wanted: bool) -> tuple[list[tuple[str, str]], bytes]:
+    """A page's headers (framing aside) and body, as HTML or plain text."""
+    if html_wanted:
         body = _HTML.format(
             status=page.status,
             title=html.escape(page.title),
             detail=html.escape(page.detail),
             hint=html.escape(page.hint),
         )
-        content_type = "text/html"
+        content_type = "text/html; charset=utf-8"
     else:
         body = f"{page.status} {page.title}\n\n{page.detail}\n"
         if page.hint:
             body += f"{page.hint}\n"
-        content_type = "text/plain"
-    return web.Response(
-        status=page.status,
-        text=body,
-        content_type=content_type,
-        charset="utf-8",
-        headers=headers,
-    )
+        content_type = "text/plain; charset=utf-8"
+    headers = [
+        ("Content-Type", content_type),
+        ("Cache-Control", "no-store"),
+        ("X-Sharetunnel-Error", str(page.status)),
+    ]
+    if page.retry_after_s is not None:
+        headers.append(("Retry-After", str(page.retry_after_s)))
+    return headers, body.encode()
 
 
 def not_found() -> ErrorPage:
@@ -204,6 +205,25 @@ def headers_too_large(limit: int) -> ErrorPage:
 
 def bad_request(detail: str) -> ErrorPage:
     return ErrorPage(400, "Bad request", detail)
+
+
+def refused(status: int, detail: str) -> ErrorPage:
+    """A request the relay cannot take as sent (a 4xx or 5xx of HTTP itself)."""
+    if status == 400:
+        return bad_request(detail)
+    if status == 431:
+        return ErrorPage(431, "Request headers too large", detail)
+    title = http.HTTPStatus(status).phrase if status in _KNOWN else "Request refused"
+    return ErrorPage(status, title, detail)
+
+
+def misdirected() -> ErrorPage:
+    return ErrorPage(
+        421,
+        "Misdirected request",
+        "This connection belongs to the relay itself, not to a share link.",
+        "Open the link again: your browser will use a new connection.",
+    )
 
 
 def unauthorized() -> ErrorPage:

@@ -1,15 +1,17 @@
 """Public requests: a visitor's request to ``<sub>.<domain>`` becomes one tunnel stream.
 
-The request body is pumped into the stream only while the stream has credit, so
-aiohttp's read watermarks push back on the visitor's socket; the response body is
-written out one chunk at a time, and each chunk is acknowledged (granting the client
-more credit) only once the visitor's socket took it. Memory per request is therefore
-bounded by the stream window, however large the body and however slow the visitor.
+:func:`serve` decides, without waiting for anything, whether the relay answers a request
+itself (unknown or expired link, a limit, a password, a malformed request) or forwards
+it; a forwarded request then runs as one task that relays the response. Its body is
+pumped into the stream only while the stream has credit, so the edge stops reading the
+visitor's socket when it does not; the response body is written out one chunk at a
+time, and each chunk is acknowledged (granting the client more credit) only once the
+visitor's socket took it. Memory per request is therefore bounded by the stream window,
+however large the body and however slow the visitor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime
@@ -18,10 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-from yarl import URL
-
-from tunnel_client.protocol.aio import Stream, bridge_websocket
+from tunnel_client.protocol.aio import Stream, bridge_websocket_frames
 from tunnel_client.protocol.errors import (
     HeadTooLarge,
     LocalProtocolError,
@@ -31,229 +30,177 @@ from tunnel_client.protocol.errors import (
     port_of_reason,
 )
 from tunnel_client.protocol.heads import RequestHead, ResponseHead
+from tunnel_client.protocol.wsframes import WebSocketCodec
 
 from . import pages
 from .directory import Link, LinkState
-from .forwarding import forward_request_headers, peer_address, response_headers
+from .forwarding import client_address, forward_request_headers, response_headers
+from .http1 import (
+    LENGTH,
+    NO_BODY,
+    ConnectionGone,
+    HttpError,
+    Request,
+    date_line,
+    response_head,
+    wants_websocket,
+    websocket_accept,
+    websocket_problem,
+)
 
 if TYPE_CHECKING:
     from .app import Relay
+    from .edge import VisitorConnection
 
-__all__ = ["handle_public"]
+__all__ = ["serve"]
 
 logger = logging.getLogger(__name__)
 
-_BAD_BODY_ERRORS = (ConnectionError, asyncio.IncompleteReadError, OSError)
+_AUTH_DROP = frozenset({"authorization"})
+_WWW_AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="sharetunnel", charset="UTF-8"'),)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def _header_bytes(request: web.BaseRequest) -> int:
-    line = len(request.method) + len(request.raw_path) + 12
-    return line + sum(len(n) + len(v) + 4 for n, v in request.raw_headers)
+def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
+    """Answer or forward one visitor request for the link ``sub``."""
+    relay = conn.edge.relay
+    config = relay.config
+    link = relay.directory.get(sub)
+    if link is None:
+        conn.send_page(_ended_page(relay, sub), request)
+        return
+    target = _origin_form(request)
+    if target is None:
+        page = pages.bad_request("The request target names a different host.")
+        conn.send_page(page, request)
+        return
+    websocket = wants_websocket(request)
+    if websocket and (problem := websocket_problem(request)) is not None:
+        conn.send_page(pages.bad_request(problem), request)
+        return
+    limit = config.max_body_bytes
+    if limit is not None and request.framing == LENGTH and request.body_length > limit:
+        conn.send_page(pages.too_large(limit), request)
+        return
+    if link.visitor_auth is not None and not _authorized(link, request):
+        conn.send_page(pages.unauthorized(), request, extra=_WWW_AUTHENTICATE)
+        return
+    session = link.session
+    if session is None or session.ended is not None:
+        conn.send_page(pages.client_away(), request)
+        return
+    if session.open_streams >= session.mux.max_streams:  # ours or the client's, the lower
+        page = pages.too_many("This link is serving too many requests at once")
+        conn.send_page(page, request)
+        return
+    if not _rate_allows(relay, link):
+        conn.send_page(pages.too_many("This link gets too many requests"), request)
+        return
+    host = request.host or ""
+    try:
+        head = RequestHead(
+            request.method,
+            target,
+            forward_request_headers(
+                request.headers,
+                public_host=host,
+                scheme=config.scheme,
+                client_ip=client_address(
+                    conn.peer, request.header_all("x-forwarded-for"), config.trusted_proxies
+                ),
+                drop=_AUTH_DROP if link.visitor_auth is not None else frozenset(),
+            ),
+            websocket=websocket,
+        )
+    except LocalProtocolError as exc:
+        conn.send_page(pages.bad_request(f"Unusable request: {exc}."), request)
+        return
+    has_body = request.framing != NO_BODY
+    try:
+        stream = session.open_stream(head, end_stream=not has_body and not websocket)
+    except HeadTooLarge as exc:
+        # Under our limit as bytes, but JSON escaping (6 bytes per control or non-ASCII
+        # byte) made it too large for an OPEN: refused here, the session carries on.
+        logger.debug("request head too large for the tunnel: %s", exc)
+        conn.send_page(pages.headers_too_large(config.max_header_bytes), request)
+        return
+    except SessionClosed:
+        conn.send_page(pages.client_away(), request)
+        return
+    conn.stream = stream
+    if has_body:
+        if request.expect_continue:
+            # Visitors that ask (curl does above 1 MiB) wait for this before the body.
+            conn.write(_CONTINUE)
+        conn.start_body(request)
+    conn.reply_by = conn.loop.time() + config.response_timeout_s
+    conn.arm(conn.reply_by)
+    exchange = _Exchange(conn, request, stream, relay, host, websocket, has_body)
+    conn.task = conn.loop.create_task(exchange.run())
 
 
-def _origin_form(request: web.BaseRequest) -> str | None:
-    """The request target as a path, or None if an absolute-form target names another host."""
-    target = request.raw_path
-    if target.startswith("/"):
+def _ended_page(relay: Relay, sub: str) -> pages.ErrorPage:
+    ended = relay.directory.ended(sub)
+    if ended is None or ended[0] is LinkState.GONE:
+        return pages.not_found()
+    state, expired_at = ended
+    if state is LinkState.REVOKED:
+        return pages.revoked()
+    when = datetime.datetime.fromtimestamp(expired_at, datetime.UTC)
+    return pages.expired(f"{when:%Y-%m-%d %H:%M} UTC")
+
+
+def _origin_form(request: Request) -> str | None:
+    """The request target as a path, or None if it names another host (or none)."""
+    target = request.target
+    if target[0] == "/":
         return target
     if target == "*":
-        return target
-    url = URL(target, encoded=True)
-    host = request.headers.get("Host", "").lower()
-    if not url.is_absolute() or url.raw_authority.lower() != host:
+        return target if request.method == "OPTIONS" else None
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None  # authority-form (CONNECT), or not a URI
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if "@" in authority or authority.lower() != (request.host or "").lower():
         return None
-    return url.raw_path_qs or "/"
+    return path if path.startswith("/") else "/" + path
 
 
-def _wants_websocket(request: web.BaseRequest) -> bool:
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in request.headers.get("Connection", "").lower()
-    )
-
-
-def _authorized(tunnel: Link, request: web.BaseRequest) -> bool:
-    assert tunnel.visitor_auth is not None
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+def _authorized(link: Link, request: Request) -> bool:
+    assert link.visitor_auth is not None
+    scheme, _, encoded = (request.header("authorization") or "").partition(" ")
     if scheme.lower() != "basic":
         return False
     try:
         given = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return False
-    return hmac.compare_digest(given.encode(), tunnel.visitor_auth.encode())
+    return hmac.compare_digest(given.encode(), link.visitor_auth.encode())
 
 
-def _rate_allows(relay: Relay, tunnel: Link) -> bool:
+def _rate_allows(relay: Relay, link: Link) -> bool:
     """Token bucket per link: ``rate_per_link`` per second, bursts of four seconds' worth."""
     rate = relay.config.rate_per_link
     if rate <= 0:
         return True
     now = time.monotonic()
     burst = max(rate * 4, 1.0)  # below 0.25/s, four seconds' worth is not one request
-    if tunnel.rate_checked == 0:
-        tunnel.rate_tokens = burst
+    if link.rate_checked == 0:
+        link.rate_tokens = burst
     else:
-        tunnel.rate_tokens = min(burst, tunnel.rate_tokens + (now - tunnel.rate_checked) * rate)
-    tunnel.rate_checked = now
-    if tunnel.rate_tokens < 1:
+        link.rate_tokens = min(burst, link.rate_tokens + (now - link.rate_checked) * rate)
+    link.rate_checked = now
+    if link.rate_tokens < 1:
         return False
-    tunnel.rate_tokens -= 1
+    link.rate_tokens -= 1
     return True
-
-
-async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
-    """Serve one visitor request for the link ``sub``."""
-    config = relay.config
-    tunnel = relay.directory.get(sub)
-    if tunnel is None:
-        ended = relay.directory.ended(sub)
-        if ended is None or ended[0] is LinkState.GONE:
-            return pages.error_response(request, pages.not_found())
-        state, expired_at = ended
-        if state is LinkState.REVOKED:
-            return pages.error_response(request, pages.revoked())
-        when = datetime.datetime.fromtimestamp(expired_at, datetime.UTC)
-        return pages.error_response(request, pages.expired(f"{when:%Y-%m-%d %H:%M} UTC"))
-    if _header_bytes(request) > config.max_header_bytes:
-        return pages.error_response(request, pages.headers_too_large(config.max_header_bytes))
-    target = _origin_form(request)
-    if target is None:
-        return pages.error_response(
-            request, pages.bad_request("The request target names a different host.")
-        )
-    limit = config.max_body_bytes
-    if limit is not None and (request.content_length or 0) > limit:
-        return pages.error_response(request, pages.too_large(limit))
-    if tunnel.visitor_auth is not None and not _authorized(tunnel, request):
-        response = pages.error_response(request, pages.unauthorized())
-        response.headers["WWW-Authenticate"] = 'Basic realm="sharetunnel", charset="UTF-8"'
-        return response
-    session = tunnel.session
-    if session is None or session.ended is not None:
-        return pages.error_response(request, pages.client_away())
-    if session.open_streams >= session.mux.max_streams:  # ours or the client's, the lower
-        return pages.error_response(
-            request, pages.too_many("This link is serving too many requests at once")
-        )
-    if not _rate_allows(relay, tunnel):
-        return pages.error_response(request, pages.too_many("This link gets too many requests"))
-
-    websocket = _wants_websocket(request)
-    public_host = request.headers.get("Host", "")
-    drop = ("authorization",) if tunnel.visitor_auth is not None else ()
-    try:
-        head = RequestHead(
-            request.method,
-            target,
-            forward_request_headers(
-                request,
-                public_host=public_host,
-                scheme=config.scheme,
-                client_ip=peer_address(request, config.trusted_proxies),
-                drop=drop,
-            ),
-            websocket=websocket,
-        )
-    except LocalProtocolError as exc:
-        return pages.error_response(request, pages.bad_request(f"Unusable request: {exc}."))
-    has_body = request.body_exists and not websocket
-    try:
-        stream = session.open_stream(head, end_stream=not has_body and not websocket)
-    except HeadTooLarge as exc:
-        # Under our limit as bytes, but JSON escaping (6 bytes per control or non-UTF-8
-        # byte) made it too large for an OPEN: refused here, the session carries on.
-        logger.debug("request head too large for the tunnel: %s", exc)
-        return pages.error_response(request, pages.headers_too_large(config.max_header_bytes))
-    except SessionClosed:
-        return pages.error_response(request, pages.client_away())
-    pump = (
-        asyncio.create_task(_pump_body(request, stream, limit, config.idle_timeout_s))
-        if has_body
-        else None
-    )
-    try:
-        return await _relay_response(relay, request, stream, websocket, public_host)
-    except ConnectionError as exc:
-        # The visitor left just as its answer was being written: nobody is left to tell
-        # (aiohttp fails writing this one quietly), and the stream is reset below.
-        logger.debug("the visitor of stream %d went away: %r", stream.id, exc)
-        return web.Response(status=499)
-    finally:
-        if pump is not None and not pump.done():
-            pump.cancel()
-        # A WebSocket whose close we already passed on is not abandoned: a reset
-        # now would cut the client off before it hands that close code to the
-        # local server (the visitor drops its connection right after the close).
-        closing = websocket and not stream.writable
-        if stream.error is None and stream.live and not closing:
-            # The visitor left (or we failed) before the exchange finished: let the
-            # client cancel its local request.
-            stream.reset(ResetCode.CANCEL, "the visitor went away")
-
-
-class _IdleDeadline:
-    """Pushes an ``asyncio.timeout`` back whenever bytes move, cheaply.
-
-    Moving a timer is a heap operation and bytes move once per chunk, so the deadline is
-    moved only once a sixteenth of the timeout has passed since it last was: a silent
-    stream is cut after between 15/16 and all of the idle timeout.
-    """
-
-    __slots__ = ("_idle", "_loop", "_next_move", "_timeout")
-
-    def __init__(self, timeout: asyncio.Timeout, idle: float) -> None:
-        self._timeout = timeout
-        self._idle = idle
-        self._loop = asyncio.get_running_loop()
-        self._next_move = self._loop.time() + idle / 16
-
-    def progress(self) -> None:
-        now = self._loop.time()
-        if now >= self._next_move:
-            self._timeout.reschedule(now + self._idle)
-            self._next_move = now + self._idle / 16
-
-
-async def _pump_body(
-    request: web.BaseRequest, stream: Stream, limit: int | None, idle: float
-) -> None:
-    """Copy the visitor's body into the stream while it has credit."""
-    if request.headers.get("Expect", "").lower() == "100-continue":
-        # Visitors that ask (curl does above 1 MiB) wait for this before sending a body.
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    total = 0
-    try:
-        async with asyncio.timeout(idle) as idle_timer:
-            deadline = _IdleDeadline(idle_timer, idle)
-            while True:
-                chunk = await request.content.readany()
-                if not chunk:
-                    break
-                total += len(chunk)
-                if limit is not None and total > limit:
-                    stream.reset(ResetCode.TOO_LARGE, f"request body over {limit} bytes")
-                    return
-                await stream.write(chunk)
-                deadline.progress()
-        await stream.end()
-    except TimeoutError:
-        stream.reset(ResetCode.CANCEL, f"the visitor's upload stalled for {idle:g} s")
-    except (StreamReset, SessionClosed):
-        pass  # the response side reports what happened
-    except _BAD_BODY_ERRORS as exc:
-        logger.debug("visitor's request body broke off: %r", exc)
-        stream.reset(ResetCode.CANCEL, "the visitor's request body broke off")
-    except Exception as exc:  # aiohttp's payload errors do not share a base we can name
-        logger.debug("cannot read the visitor's request body: %r", exc)
-        stream.reset(ResetCode.CANCEL, "the visitor's request body was malformed")
 
 
 def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
     # The reason is the client's text: it goes to our log, never onto a page (it could
     # carry the owner's internals, or anything a hostile client wants to show).
-    logger.debug("stream reset by the client before its reply: %s", reset)
+    logger.debug("stream reset before its reply: %s", reset)
     match reset.code:
         case ResetCode.UPSTREAM_UNAVAILABLE:
             return pages.local_refused(port_of_reason(reset.reason))
@@ -271,85 +218,7 @@ def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
             return pages.local_failed()
 
 
-async def _relay_response(
-    relay: Relay, request: web.BaseRequest, stream: Stream, websocket: bool, public_host: str
-) -> web.StreamResponse:
-    timeout = relay.config.response_timeout_s
-    try:
-        # asyncio.timeout, not wait_for: no extra task and loop turns per request.
-        async with asyncio.timeout(timeout):
-            head, ended = await stream.response()
-    except TimeoutError:
-        stream.reset(ResetCode.UPSTREAM_TIMEOUT, f"no response within {timeout:g} s")
-        return pages.error_response(request, pages.local_timeout(timeout))
-    except StreamReset as reset:
-        return pages.error_response(request, _error_page_for(relay, reset))
-    except SessionClosed as closed:
-        # The request was already forwarded: it may have run, so the visitor must not
-        # read "offline, try again" (a retried POST would run twice).
-        return pages.error_response(request, pages.owner_lost(closed.code))
-    if head.status == 101:
-        return await _relay_websocket(request, stream, head)
-    problem = _length_problem(request, head, ended)
-    if problem is not None:
-        # Passed on, a lying length would desync the visitor's keep-alive connection.
-        logger.debug("stream %d: %s", stream.id, problem)
-        stream.reset(ResetCode.PROTOCOL_ERROR, problem)
-        return pages.error_response(request, pages.local_invalid())
-    response = _Response(status=head.status)
-    host = public_host.rsplit(":", 1)[0].lower() if ":" in public_host else public_host.lower()
-    for name, value in response_headers(head.headers, domain=relay.config.domain, host=host):
-        response.headers.add(name, value)
-    if request.method == "HEAD" or head.status in (204, 304):
-        ended = True
-    declared = head.header("Content-Length")
-    if declared is None and ended and head.status not in (204, 304) and request.method != "HEAD":
-        response.headers["Content-Length"] = "0"
-    await response.prepare(request)
-    if ended:
-        await response.write_eof()
-        return response
-    sent = 0
-    idle = relay.config.idle_timeout_s
-    try:
-        # No cap on a streaming response, only on silence: a stream that moves no byte
-        # for idle_timeout (default 15 min, far above an SSE heartbeat) is dropped.
-        async with asyncio.timeout(idle) as idle_timer:
-            deadline = _IdleDeadline(idle_timer, idle)
-            if not stream.has_data:
-                await response.write(b"")  # no body bytes to go with the head: send it now
-            while chunk := await stream.read():
-                sent += len(chunk)
-                await response.write(chunk)
-                deadline.progress()
-    except TimeoutError:
-        logger.info("stream %d idle for %g s: closing it", stream.id, idle)
-        stream.reset(ResetCode.CANCEL, f"no data for {idle:g} s")
-        _abort(request)
-        return response
-    except (StreamReset, SessionClosed) as exc:
-        # Headers are out: the only honest signal left is a broken connection.
-        logger.debug("stream %d ended early: %s", stream.id, exc)
-        _abort(request)
-        return response
-    if declared is not None and declared.isdigit() and int(declared) != sent:
-        _abort(request)
-        return response
-    await response.write_eof()
-    return response
-
-
-class _Response(web.StreamResponse):
-    """A response whose head waits for the first body write (or write_eof).
-
-    aiohttp sends a StreamResponse's head at once; holding it lets a body that arrived
-    with the head (most small responses) leave in the same write and TCP segment.
-    """
-
-    _send_headers_immediately = False
-
-
-def _length_problem(request: web.BaseRequest, head: ResponseHead, ended: bool) -> str | None:
+def _length_problem(request: Request, head: ResponseHead, ended: bool) -> str | None:
     """Why a response head's Content-Length cannot frame its body, or None if it can."""
     lengths = [value.strip() for name, value in head.headers if name.lower() == "content-length"]
     if not lengths:
@@ -362,23 +231,203 @@ def _length_problem(request: web.BaseRequest, head: ResponseHead, ended: bool) -
     return None
 
 
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.close()
+class _Exchange:
+    """One forwarded request: its body going in, its response coming back."""
 
-
-async def _relay_websocket(
-    request: web.BaseRequest, stream: Stream, head: ResponseHead
-) -> web.StreamResponse:
-    """Accept the visitor's WebSocket and relay it message by message, both ways."""
-    protocol = head.header("Sec-WebSocket-Protocol")
-    ws = web.WebSocketResponse(
-        protocols=(protocol,) if protocol else (),
-        autoping=True,
-        compress=False,
-        max_msg_size=16 << 20,
+    __slots__ = (
+        "conn",
+        "failure",
+        "has_body",
+        "host",
+        "relay",
+        "request",
+        "stream",
+        "websocket",
     )
-    await ws.prepare(request)
-    await bridge_websocket(stream, ws)
-    return ws
+
+    def __init__(
+        self,
+        conn: VisitorConnection,
+        request: Request,
+        stream: Stream,
+        relay: Relay,
+        host: str,
+        websocket: bool,
+        has_body: bool,
+    ) -> None:
+        self.conn = conn
+        self.has_body = has_body
+        self.request = request
+        self.stream = stream
+        self.relay = relay
+        self.host = host
+        self.websocket = websocket
+        self.failure: pages.ErrorPage | None = None
+        """Why the relay itself reset the stream while reading the body, if it did."""
+
+    async def run(self) -> None:
+        conn, stream = self.conn, self.stream
+        pump = conn.loop.create_task(self._pump_body()) if self.has_body else None
+        keep_alive = False
+        try:
+            keep_alive = await self._relay_response()
+        except Exception:
+            logger.exception("relaying a response failed")
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            # A WebSocket whose close we already passed on is not abandoned: a reset
+            # now would cut the client off before it hands that close code to the
+            # local server (the visitor drops its connection right after the close).
+            closing = self.websocket and not stream.writable
+            if stream.error is None and stream.live and not closing:
+                # The visitor left, or the answer came before the whole body: either
+                # way the client may drop the local request.
+                stream.reset(ResetCode.CANCEL, "the exchange ended")
+            conn.finish(keep_alive=keep_alive)
+
+    async def _pump_body(self) -> None:
+        """Copy the visitor's body into the stream while it has credit."""
+        conn, stream = self.conn, self.stream
+        limit = self.relay.config.max_body_bytes
+        total = 0
+        try:
+            while piece := await conn.read():
+                total += len(piece)
+                if limit is not None and total > limit:
+                    self.failure = pages.too_large(limit)
+                    stream.reset(ResetCode.TOO_LARGE, f"request body over {limit} bytes")
+                    return
+                await stream.write(piece)
+            await stream.end()
+        except HttpError as exc:
+            logger.debug("malformed request body from %s: %s", conn.peer, exc.detail)
+            self.failure = pages.refused(exc.status, exc.detail)
+            stream.reset(ResetCode.CANCEL, "the visitor's request body was malformed")
+        except ConnectionGone:
+            stream.reset(ResetCode.CANCEL, "the visitor's request body broke off")
+        except (StreamReset, SessionClosed):
+            pass  # the response side reports what happened
+
+    async def _relay_response(self) -> bool:
+        """Relay the response; True if the connection may serve another request."""
+        conn, request, stream = self.conn, self.request, self.stream
+        try:
+            head, ended = await stream.response()
+        except StreamReset as reset:
+            if conn.closed:
+                return False
+            page = self.failure or _error_page_for(self.relay, reset)
+            return self._page(page)
+        except SessionClosed as closed:
+            # The request was already forwarded: it may have run, so the visitor must
+            # not read "offline, try again" (a retried POST would run twice).
+            return self._page(pages.owner_lost(closed.code))
+        conn.reply_by = None
+        if head.status == 101:
+            await self._relay_websocket(head)
+            return False
+        problem = _length_problem(request, head, ended)
+        if problem is not None:
+            # Passed on, a lying length would desync the visitor's keep-alive connection.
+            logger.debug("stream %d: %s", stream.id, problem)
+            stream.reset(ResetCode.PROTOCOL_ERROR, problem)
+            return self._page(pages.local_invalid())
+        headers = response_headers(
+            head.headers, domain=self.relay.config.domain, host=_bare(self.host)
+        )
+        status = head.status
+        bodyless = request.method == "HEAD" or status in (204, 304)
+        declared = head.header("Content-Length")
+        framing = b"" if head.header("Date") is not None else date_line()
+        chunked = False
+        keep_alive = not request.close
+        if bodyless:
+            ended = True
+        elif declared is None:
+            if ended:
+                framing += b"Content-Length: 0\r\n"
+            elif request.minor == 1:
+                framing += b"Transfer-Encoding: chunked\r\n"
+                chunked = True
+            else:
+                keep_alive = False  # HTTP/1.0: the body ends where the connection does
+        if not keep_alive:
+            framing += b"Connection: close\r\n"
+        elif request.minor == 0:
+            framing += b"Connection: keep-alive\r\n"
+        out = response_head(status, headers, framing)
+        if ended:
+            conn.write(out)
+            return keep_alive
+        sent = 0
+        declared_n = int(declared) if declared is not None else None
+        conn.streaming = True
+        conn.arm(conn.loop.time() + self.relay.config.idle_timeout_s)
+        try:
+            while True:
+                if out and not stream.has_data:
+                    conn.write(out)  # no body bytes to go with the head: send it now
+                    out = b""
+                chunk = await stream.read()
+                if not chunk:
+                    break
+                sent += len(chunk)
+                if declared_n is not None and sent > declared_n:
+                    # Never more than the head announced: the surplus would be read as
+                    # the start of the next response on a keep-alive connection.
+                    chunk = chunk[: len(chunk) - (sent - declared_n)]
+                    sent = -1
+                if chunked:
+                    chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+                conn.write(out + chunk if out else chunk)
+                out = b""
+                if sent < 0:
+                    break
+                if conn.write_paused:
+                    await conn.drain()
+                if conn.closed:
+                    return False
+        except (StreamReset, SessionClosed) as exc:
+            # Headers are out: the only honest signal left is a broken connection.
+            logger.debug("stream %d ended early: %s", stream.id, exc)
+            conn.abort()
+            return False
+        if declared_n is not None and declared_n != sent:
+            conn.abort()
+            return False
+        if chunked:
+            conn.write(out + b"0\r\n\r\n")
+        elif out:
+            conn.write(out)
+        return keep_alive
+
+    def _page(self, page: pages.ErrorPage) -> bool:
+        return self.conn.write_page(page, self.request)
+
+    async def _relay_websocket(self, head: ResponseHead) -> None:
+        """Complete the visitor's handshake with the app's 101, then relay frames."""
+        conn = self.conn
+        headers = [
+            (name, value)
+            for name, value in response_headers(
+                head.headers, domain=self.relay.config.domain, host=_bare(self.host)
+            )
+            # No extension was offered to the app, so none can be in force.
+            if name.lower() != "sec-websocket-extensions"
+        ]
+        if head.header("Sec-WebSocket-Accept") is None:
+            # A client from before the handshake passed end to end answers for the app
+            # without the accept value (its relay computed it): compute it here.
+            key = self.request.header("sec-websocket-key") or ""
+            headers.append(("Sec-WebSocket-Accept", websocket_accept(key)))
+        conn.write(response_head(101, headers, b"Upgrade: websocket\r\nConnection: Upgrade\r\n"))
+        conn.upgrade()
+        await bridge_websocket_frames(self.stream, WebSocketCodec(mask=False), conn)
+
+
+def _bare(host: str) -> str:
+    """A Host value without its port, lowercased."""
+    if host.endswith("]"):
+        return host.lower()
+    return host.rpartition(":")[0].lower() if ":" in host else host.lower()

@@ -26,9 +26,11 @@ of at most one interval (a third of the timeout) keeps the peer's silence under 
 intervals, short of the 3 intervals after which it gives up.
 
 :func:`bridge_websocket` joins an upgraded stream to a real WebSocket, message by
-message. Both sides use it: the relay with the visitor's WebSocket, the client with the
-local server's. It is written against :class:`WebSocketEnd`, which aiohttp's server
-and client WebSockets both satisfy, so this module still imports no WebSocket library.
+message. It is written against :class:`WebSocketEnd`, which aiohttp's server and client
+WebSockets both satisfy, so this module still imports no WebSocket library.
+:func:`bridge_websocket_frames` does the same for a WebSocket whose frames this side
+parses itself, with :class:`~.wsframes.WebSocketCodec`, on a :class:`FrameConnection`
+(the relay's visitor connections).
 """
 
 from __future__ import annotations
@@ -64,10 +66,12 @@ from .events import (
 )
 from .heads import RequestHead, ResponseHead
 from .mux import Bytes, Mux
+from .wsframes import Close, WebSocketCodec
 
 __all__ = [
     "HIGH_WATER_BYTES",
     "WS_CLOSE_GRACE_S",
+    "FrameConnection",
     "MessageTransport",
     "Session",
     "Stream",
@@ -75,6 +79,7 @@ __all__ = [
     "WebSocketEnd",
     "WebSocketMessage",
     "bridge_websocket",
+    "bridge_websocket_frames",
 ]
 
 HIGH_WATER_BYTES = 1 << 20
@@ -745,3 +750,88 @@ async def bridge_websocket(
         if not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.close(code=abort_code, message=abort_reason.encode())
+
+
+class FrameConnection(Protocol):
+    """The byte stream under a WebSocket whose frames this side handles itself."""
+
+    async def read(self) -> Bytes:
+        """The next bytes from the peer; ``b""`` once the connection is gone."""
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the peer (dropped once the connection is closing)."""
+
+    async def drain(self) -> None:
+        """Wait while the peer does not take more."""
+
+    def close(self) -> None:
+        """Close the connection once what was written is sent."""
+
+
+GOING_AWAY = 1001
+"""RFC 6455 §7.4.1: the code passed on when an end's connection drops without a CLOSE.
+
+Such a WebSocket closed abnormally (1006, which no CLOSE frame may carry); 1001 tells
+the other end that its peer went away, never that it closed normally (1000)."""
+
+
+async def bridge_websocket_frames(
+    stream: Stream,
+    codec: WebSocketCodec,
+    connection: FrameConnection,
+    *,
+    abort_code: int = 1011,
+    abort_reason: str = "tunnel stream ended",
+    grace_s: float = WS_CLOSE_GRACE_S,
+) -> None:
+    """:func:`bridge_websocket` for frames parsed here: ``codec`` on ``connection``.
+
+    The codec answers PINGs itself; a close passes on with its code and reason, and
+    this end's closing handshake completes when the other end's close comes back. A
+    connection that drops without a CLOSE passes on :data:`GOING_AWAY`. If the bridge
+    ends any other way (a reset, a lost session), the connection gets a CLOSE with
+    ``abort_code``. The connection is closed on return.
+    """
+
+    async def connection_to_stream() -> None:
+        while data := await connection.read():
+            codec.receive_data(bytes(data))
+            if out := codec.data_to_send():
+                connection.write(out)  # PONGs, or the CLOSE of a broken rule
+            for event in codec.events_received():
+                if isinstance(event, Close):
+                    if stream.writable:
+                        stream.send_close(event.code, event.reason)
+                    return
+                await stream.send_message(event.data, text=event.text)
+        if stream.writable:
+            stream.send_close(GOING_AWAY, "the other end's connection dropped")
+
+    async def stream_to_connection() -> None:
+        while True:
+            item = await stream.receive_message()
+            if isinstance(item, WebSocketClosed):
+                codec.send_close(item.code, item.reason)
+                connection.write(codec.data_to_send())
+                return
+            codec.send_message(item.data, text=item.text)
+            connection.write(codec.data_to_send())
+            await connection.drain()
+
+    directions = {
+        asyncio.create_task(connection_to_stream()),
+        asyncio.create_task(stream_to_connection()),
+    }
+    try:
+        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+        if pending and all(not t.cancelled() and t.exception() is None for t in done):
+            # One end closed: give the other a moment to answer with its own close.
+            await asyncio.wait(pending, timeout=grace_s)
+    finally:
+        for task in directions:
+            task.cancel()
+        await asyncio.gather(*directions, return_exceptions=True)
+        if not codec.close_sent:
+            codec.send_close(abort_code, abort_reason)
+            connection.write(codec.data_to_send())
+        connection.close()
