@@ -18,9 +18,15 @@ from functools import lru_cache
 
 from aiohttp import web
 
-from tunnel_client.protocol.heads import HOP_BY_HOP, Headers, strip_hop_by_hop
+from tunnel_client.protocol.heads import HOP_BY_HOP, Headers
 
-__all__ = ["client_address", "forward_request_headers", "peer_address", "response_headers"]
+__all__ = [
+    "ResponseFields",
+    "client_address",
+    "forward_request_headers",
+    "peer_address",
+    "response_headers",
+]
 
 _REPLACED = frozenset(
     {
@@ -141,11 +147,40 @@ def _narrow_cookie(value: str, domain: str, host: str) -> str:
     return ";".join(kept)
 
 
-def response_headers(headers: Headers, *, domain: str, host: str) -> list[tuple[str, str]]:
-    """The local server's response headers as visitors should see them."""
-    result = []
-    for name, value in strip_hop_by_hop(headers):
-        if name.lower() == "set-cookie":
+class ResponseFields:
+    """A response's headers as visitors should see them, and what framing needs of them."""
+
+    __slots__ = ("date", "headers", "lengths")
+
+    def __init__(self, headers: list[tuple[str, str]], lengths: list[str], date: bool) -> None:
+        self.headers = headers
+        self.lengths = lengths
+        """Every Content-Length value, as sent."""
+        self.date = date
+        """True if the response has a Date."""
+
+
+def response_headers(headers: Headers, *, domain: str, host: str) -> ResponseFields:
+    """The local server's response headers as visitors should see them (one pass)."""
+    kept = []
+    lengths = []
+    named: set[str] = set()
+    date = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == "connection":
+                named.update(token.strip().lower() for token in value.split(","))
+            continue
+        if lname == "content-length":
+            lengths.append(value)
+        elif lname == "date":
+            date = True
+        elif lname == "set-cookie":
             value = _narrow_cookie(value, domain, host)
-        result.append((name, value))
-    return result
+        kept.append((name, value))
+    named -= _CONNECTION_OPTIONS
+    if named:
+        kept = [(n, v) for n, v in kept if n.lower() not in named]
+        lengths = [v for n, v in kept if n.lower() == "content-length"]
+    return ResponseFields(kept, lengths, date)

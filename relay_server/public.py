@@ -12,6 +12,7 @@ however large the body and however slow the visitor.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
@@ -23,13 +24,12 @@ from typing import TYPE_CHECKING
 from tunnel_client.protocol.aio import Stream, bridge_websocket_frames
 from tunnel_client.protocol.errors import (
     HeadTooLarge,
-    LocalProtocolError,
     ResetCode,
     SessionClosed,
     StreamReset,
     port_of_reason,
 )
-from tunnel_client.protocol.heads import RequestHead, ResponseHead
+from tunnel_client.protocol.heads import RequestHead
 from tunnel_client.protocol.wsframes import WebSocketCodec
 
 from . import pages
@@ -97,24 +97,23 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
         conn.send_page(pages.too_many("This link gets too many requests"), request)
         return
     host = request.host or ""
-    try:
-        head = RequestHead(
-            request.method,
-            target,
-            forward_request_headers(
-                request.headers,
-                public_host=host,
-                scheme=config.scheme,
-                client_ip=client_address(
-                    conn.peer, request.header_all("x-forwarded-for"), config.trusted_proxies
-                ),
-                drop=_AUTH_DROP if link.visitor_auth is not None else frozenset(),
-            ),
-            websocket=websocket,
-        )
-    except LocalProtocolError as exc:
-        conn.send_page(pages.bad_request(f"Unusable request: {exc}."), request)
-        return
+    # http1 held the request to the tunnel's rules for heads as it parsed it.
+    head = RequestHead.prechecked(
+        request.method,
+        target,
+        forward_request_headers(
+            request.headers,
+            public_host=host,
+            scheme=config.scheme,
+            client_ip=client_address(
+                conn.peer, request.header_all("x-forwarded-for"), config.trusted_proxies
+            )
+            if config.trusted_proxies
+            else conn.peer,
+            drop=_AUTH_DROP if link.visitor_auth is not None else frozenset(),
+        ),
+        websocket,
+    )
     has_body = request.framing != NO_BODY
     try:
         stream = session.open_stream(head, end_stream=not has_body and not websocket)
@@ -135,8 +134,7 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
         conn.start_body(request)
     conn.reply_by = conn.loop.time() + config.response_timeout_s
     conn.arm(conn.reply_by)
-    exchange = _Exchange(conn, request, stream, relay, host, websocket, has_body)
-    conn.task = conn.loop.create_task(exchange.run())
+    _Exchange(conn, request, stream, relay, host, websocket, has_body).start()
 
 
 def _ended_page(relay: Relay, sub: str) -> pages.ErrorPage:
@@ -218,29 +216,40 @@ def _error_page_for(relay: Relay, reset: StreamReset) -> pages.ErrorPage:
             return pages.local_failed()
 
 
-def _length_problem(request: Request, head: ResponseHead, ended: bool) -> str | None:
+def _length_problem(request: Request, status: int, lengths: list[str], ended: bool) -> str | None:
     """Why a response head's Content-Length cannot frame its body, or None if it can."""
-    lengths = [value.strip() for name, value in head.headers if name.lower() == "content-length"]
     if not lengths:
         return None
+    lengths = [value.strip() for value in lengths]
     if len(lengths) > 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
         return f"invalid Content-Length {', '.join(lengths)!r:.100}"
-    bodyless = request.method == "HEAD" or head.status in (204, 304)
+    bodyless = request.method == "HEAD" or status in (204, 304)
     if ended and not bodyless and int(lengths[0]) != 0:
         return f"Content-Length {lengths[0]} for a body that was never sent"
     return None
 
 
 class _Exchange:
-    """One forwarded request: its body going in, its response coming back."""
+    """One forwarded request: its body going in, its response coming back.
+
+    No task serves it unless it needs one: the response head is handled in a callback,
+    and a body that arrived with it (most small responses) goes out in the same write.
+    A task takes over only for a body still streaming, an upload, or a WebSocket.
+    """
 
     __slots__ = (
+        "chunked",
         "conn",
+        "declared",
         "failure",
         "has_body",
         "host",
+        "keep_alive",
+        "out",
+        "pump",
         "relay",
         "request",
+        "sent",
         "stream",
         "websocket",
     )
@@ -256,35 +265,42 @@ class _Exchange:
         has_body: bool,
     ) -> None:
         self.conn = conn
-        self.has_body = has_body
         self.request = request
         self.stream = stream
         self.relay = relay
         self.host = host
         self.websocket = websocket
+        self.has_body = has_body
         self.failure: pages.ErrorPage | None = None
         """Why the relay itself reset the stream while reading the body, if it did."""
+        self.pump: asyncio.Task[None] | None = None
+        # The response body's framing, once the head is known.
+        self.out = b""
+        """Bytes (the head) waiting to leave with the first body bytes."""
+        self.chunked = False
+        self.declared: int | None = None
+        self.sent = 0
+        self.keep_alive = False
 
-    async def run(self) -> None:
-        conn, stream = self.conn, self.stream
-        pump = conn.loop.create_task(self._pump_body()) if self.has_body else None
-        keep_alive = False
-        try:
-            keep_alive = await self._relay_response()
-        except Exception:
-            logger.exception("relaying a response failed")
-        finally:
-            if pump is not None and not pump.done():
-                pump.cancel()
-            # A WebSocket whose close we already passed on is not abandoned: a reset
-            # now would cut the client off before it hands that close code to the
-            # local server (the visitor drops its connection right after the close).
-            closing = self.websocket and not stream.writable
-            if stream.error is None and stream.live and not closing:
-                # The visitor left, or the answer came before the whole body: either
-                # way the client may drop the local request.
-                stream.reset(ResetCode.CANCEL, "the exchange ended")
-            conn.finish(keep_alive=keep_alive)
+    def start(self) -> None:
+        if self.has_body:
+            self.pump = self.conn.loop.create_task(self._pump_body())
+        self.stream.add_response_callback(self._on_response)
+
+    def _done(self, keep_alive: bool) -> None:
+        """The exchange is over: tidy up the stream, then the connection goes on."""
+        stream = self.stream
+        if self.pump is not None and not self.pump.done():
+            self.pump.cancel()
+        # A WebSocket whose close we already passed on is not abandoned: a reset now
+        # would cut the client off before it hands that close code to the local server
+        # (the visitor drops its connection right after the close).
+        closing = self.websocket and not stream.writable
+        if stream.error is None and stream.live and not closing:
+            # The visitor left, or the answer came before the whole body: either way
+            # the client may drop the local request.
+            stream.reset(ResetCode.CANCEL, "the exchange ended")
+        self.conn.finish(keep_alive=keep_alive)
 
     async def _pump_body(self) -> None:
         """Copy the visitor's body into the stream while it has credit."""
@@ -309,121 +325,166 @@ class _Exchange:
         except (StreamReset, SessionClosed):
             pass  # the response side reports what happened
 
-    async def _relay_response(self) -> bool:
-        """Relay the response; True if the connection may serve another request."""
-        conn, request, stream = self.conn, self.request, self.stream
+    def _on_response(self) -> None:
         try:
-            head, ended = await stream.response()
+            self._respond()
+        except Exception:
+            logger.exception("relaying a response failed")
+            self.conn.abort()
+            self._done(False)
+
+    def _respond(self) -> None:
+        """The response head arrived (or the stream failed): answer the visitor."""
+        conn, request, stream = self.conn, self.request, self.stream
+        conn.reply_by = None
+        try:
+            head, ended = stream.response_nowait()
         except StreamReset as reset:
             if conn.closed:
-                return False
+                self._done(False)
+                return
             page = self.failure or _error_page_for(self.relay, reset)
-            return self._page(page)
+            self._done(conn.write_page(page, request))
+            return
         except SessionClosed as closed:
             # The request was already forwarded: it may have run, so the visitor must
             # not read "offline, try again" (a retried POST would run twice).
-            return self._page(pages.owner_lost(closed.code))
-        conn.reply_by = None
+            self._done(conn.write_page(pages.owner_lost(closed.code), request))
+            return
+        fields = response_headers(
+            head.headers, domain=self.relay.config.domain, host=_bare(self.host)
+        )
         if head.status == 101:
-            await self._relay_websocket(head)
-            return False
-        problem = _length_problem(request, head, ended)
+            conn.task = conn.loop.create_task(self._relay_websocket(fields.headers))
+            return
+        status = head.status
+        problem = _length_problem(request, status, fields.lengths, ended)
         if problem is not None:
             # Passed on, a lying length would desync the visitor's keep-alive connection.
             logger.debug("stream %d: %s", stream.id, problem)
             stream.reset(ResetCode.PROTOCOL_ERROR, problem)
-            return self._page(pages.local_invalid())
-        headers = response_headers(
-            head.headers, domain=self.relay.config.domain, host=_bare(self.host)
-        )
-        status = head.status
-        bodyless = request.method == "HEAD" or status in (204, 304)
-        declared = head.header("Content-Length")
-        framing = b"" if head.header("Date") is not None else date_line()
-        chunked = False
+            self._done(conn.write_page(pages.local_invalid(), request))
+            return
+        framing = b"" if fields.date else date_line()
         keep_alive = not request.close
-        if bodyless:
+        if request.method == "HEAD" or status in (204, 304):
             ended = True
-        elif declared is None:
-            if ended:
-                framing += b"Content-Length: 0\r\n"
-            elif request.minor == 1:
-                framing += b"Transfer-Encoding: chunked\r\n"
-                chunked = True
-            else:
-                keep_alive = False  # HTTP/1.0: the body ends where the connection does
+        elif fields.lengths:
+            self.declared = int(fields.lengths[0])
+        elif ended:
+            framing += b"Content-Length: 0\r\n"
+        elif request.minor == 1:
+            framing += b"Transfer-Encoding: chunked\r\n"
+            self.chunked = True
+        else:
+            keep_alive = False  # HTTP/1.0: the body ends where the connection does
         if not keep_alive:
             framing += b"Connection: close\r\n"
         elif request.minor == 0:
             framing += b"Connection: keep-alive\r\n"
-        out = response_head(status, headers, framing)
+        self.keep_alive = keep_alive
+        self.out = response_head(status, fields.headers, framing)
         if ended:
-            conn.write(out)
-            return keep_alive
-        sent = 0
-        declared_n = int(declared) if declared is not None else None
+            conn.write(self.out)
+            self._done(keep_alive)
+            return
+        # What came with the head goes out with it; a task waits for the rest, if any.
+        try:
+            while (chunk := stream.read_nowait()) is not None:
+                if not chunk:
+                    self._finish_body()
+                    return
+                if not self._send(chunk):
+                    return
+        except (StreamReset, SessionClosed) as exc:
+            self._broken(exc)
+            return
+        if self.out:
+            conn.write(self.out)  # no body bytes to go with the head: send it now
+            self.out = b""
         conn.streaming = True
         conn.arm(conn.loop.time() + self.relay.config.idle_timeout_s)
+        conn.task = conn.loop.create_task(self._stream_body())
+
+    def _send(self, chunk: bytes) -> bool:
+        """Write one body chunk; False once the exchange ended (length overrun)."""
+        self.sent += len(chunk)
+        declared = self.declared
+        if declared is not None and self.sent > declared:
+            # Never more than the head announced: the surplus would be read as the
+            # start of the next response on a keep-alive connection.
+            chunk = chunk[: len(chunk) - (self.sent - declared)]
+            self.conn.write(self.out + chunk)
+            self.conn.abort()
+            self._done(False)
+            return False
+        if self.chunked:
+            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        if self.out:
+            chunk = self.out + chunk
+            self.out = b""
+        self.conn.write(chunk)
+        return True
+
+    def _finish_body(self) -> None:
+        conn = self.conn
+        if self.declared is not None and self.declared != self.sent:
+            conn.write(self.out)
+            conn.abort()
+            self._done(False)
+            return
+        if self.chunked:
+            conn.write(self.out + b"0\r\n\r\n")
+        elif self.out:
+            conn.write(self.out)
+        self._done(self.keep_alive)
+
+    def _broken(self, exc: Exception) -> None:
+        # Headers are (about to be) out: the only honest signal left is a broken
+        # connection.
+        logger.debug("stream %d ended early: %s", self.stream.id, exc)
+        self.conn.write(self.out)
+        self.conn.abort()
+        self._done(False)
+
+    async def _stream_body(self) -> None:
+        """Relay the rest of a response body as the visitor's socket takes it."""
+        conn, stream = self.conn, self.stream
         try:
-            while True:
-                if out and not stream.has_data:
-                    conn.write(out)  # no body bytes to go with the head: send it now
-                    out = b""
-                chunk = await stream.read()
-                if not chunk:
-                    break
-                sent += len(chunk)
-                if declared_n is not None and sent > declared_n:
-                    # Never more than the head announced: the surplus would be read as
-                    # the start of the next response on a keep-alive connection.
-                    chunk = chunk[: len(chunk) - (sent - declared_n)]
-                    sent = -1
-                if chunked:
-                    chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-                conn.write(out + chunk if out else chunk)
-                out = b""
-                if sent < 0:
-                    break
+            while chunk := await stream.read():
+                if not self._send(chunk):
+                    return
                 if conn.write_paused:
                     await conn.drain()
                 if conn.closed:
-                    return False
+                    self._done(False)
+                    return
         except (StreamReset, SessionClosed) as exc:
-            # Headers are out: the only honest signal left is a broken connection.
-            logger.debug("stream %d ended early: %s", stream.id, exc)
-            conn.abort()
-            return False
-        if declared_n is not None and declared_n != sent:
-            conn.abort()
-            return False
-        if chunked:
-            conn.write(out + b"0\r\n\r\n")
-        elif out:
-            conn.write(out)
-        return keep_alive
+            self._broken(exc)
+            return
+        except BaseException:
+            self.conn.abort()
+            self._done(False)
+            raise
+        self._finish_body()
 
-    def _page(self, page: pages.ErrorPage) -> bool:
-        return self.conn.write_page(page, self.request)
-
-    async def _relay_websocket(self, head: ResponseHead) -> None:
+    async def _relay_websocket(self, headers: list[tuple[str, str]]) -> None:
         """Complete the visitor's handshake with the app's 101, then relay frames."""
         conn = self.conn
-        headers = [
-            (name, value)
-            for name, value in response_headers(
-                head.headers, domain=self.relay.config.domain, host=_bare(self.host)
-            )
+        try:
             # No extension was offered to the app, so none can be in force.
-            if name.lower() != "sec-websocket-extensions"
-        ]
-        if head.header("Sec-WebSocket-Accept") is None:
-            # A client from before the handshake passed end to end answers for the app
-            # without the accept value (its relay computed it): compute it here.
-            key = self.request.header("sec-websocket-key") or ""
-            headers.append(("Sec-WebSocket-Accept", websocket_accept(key)))
-        conn.write(response_head(101, headers, b"Upgrade: websocket\r\nConnection: Upgrade\r\n"))
-        conn.upgrade()
-        await bridge_websocket_frames(self.stream, WebSocketCodec(mask=False), conn)
+            headers = [(n, v) for n, v in headers if n.lower() != "sec-websocket-extensions"]
+            if not any(n.lower() == "sec-websocket-accept" for n, _ in headers):
+                # A client from before the handshake passed end to end answers for the
+                # app without the accept value (its relay computed it): compute it here.
+                key = self.request.header("sec-websocket-key") or ""
+                headers.append(("Sec-WebSocket-Accept", websocket_accept(key)))
+            upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            conn.write(response_head(101, headers, upgrade))
+            conn.upgrade()
+            await bridge_websocket_frames(self.stream, WebSocketCodec(mask=False), conn)
+        finally:
+            self._done(False)
 
 
 def _bare(host: str) -> str:

@@ -192,11 +192,40 @@ class Stream:
         self._session.acknowledge(self.id, len(chunk))
         return chunk
 
+    def read_nowait(self) -> bytes | None:
+        """:meth:`read` without waiting: None when the next chunk is not here yet."""
+        if not self._chunks:
+            if self._error is not None:
+                raise self._error
+            return b"" if self._eof else None
+        chunk = self._chunks.popleft()
+        self._session.acknowledge(self.id, len(chunk))
+        return chunk
+
     async def response(self) -> tuple[ResponseHead, bool]:
         """(relay) Wait for the client's response head; returns ``(head, ended)``."""
         if self._reply is None:
             raise InvalidState("only a stream the relay opened has a response")
         return await asyncio.shield(self._reply)
+
+    def add_response_callback(self, callback: Callable[[], None]) -> None:
+        """(relay) Call ``callback`` soon after the response head arrived or the stream
+        failed; :meth:`response_nowait` then has the outcome. With :meth:`read_nowait`,
+        this serves a response that arrives whole (most small ones) without a task."""
+        if self._reply is None:
+            raise InvalidState("only a stream the relay opened has a response")
+        self._reply.add_done_callback(lambda _: callback())
+
+    def response_nowait(self) -> tuple[ResponseHead, bool]:
+        """(relay) What :meth:`response` returns, once the response callback was called.
+
+        Raises:
+            StreamReset, SessionClosed: as :meth:`response` does.
+            InvalidState: if the outcome is not known yet.
+        """
+        if self._reply is None or not self._reply.done():
+            raise InvalidState("the response head has not arrived")
+        return self._reply.result()
 
     async def receive_message(self) -> WebSocketMessage | WebSocketClosed:
         """The next whole WebSocket message of an upgraded stream, or its close."""
