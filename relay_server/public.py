@@ -56,7 +56,16 @@ __all__ = ["serve"]
 
 logger = logging.getLogger(__name__)
 
-_AUTH_DROP = frozenset({"authorization"})
+# What else a request loses on its way: the visitor's credentials for a link with a
+# password (they are the relay's to check), and WebSocket extensions, which are never
+# negotiated (frames pass through the relay as they are, uncompressed).
+_DROPS = {
+    (auth, websocket): frozenset(
+        (["authorization"] if auth else []) + (["sec-websocket-extensions"] if websocket else [])
+    )
+    for auth in (False, True)
+    for websocket in (False, True)
+}
 _WWW_AUTHENTICATE = (("WWW-Authenticate", 'Basic realm="sharetunnel", charset="UTF-8"'),)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -110,7 +119,7 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
             )
             if config.trusted_proxies
             else conn.peer,
-            drop=_AUTH_DROP if link.visitor_auth is not None else frozenset(),
+            drop=_DROPS[link.visitor_auth is not None, websocket],
         ),
         websocket,
     )

@@ -88,3 +88,104 @@ async def test_a_head_too_large_for_one_open_frame_is_431_and_the_link_lives_on(
     reply, head = await asyncio.gather(exchange(relay.port, small), answer(client))
     assert head.target == "/small"
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nok"), reply
+
+
+@pytest.mark.parametrize(
+    ("sent", "method", "target", "headers"),
+    [
+        (
+            b"GET /dup HTTP/1.1\r\nX-Dup: 1\r\nx-dup: 2\r\n",
+            "GET",
+            "/dup",
+            [("X-Dup", "1"), ("x-dup", "2")],
+        ),
+        (
+            b"GET /l HTTP/1.1\r\nX-Latin: caf\xe9 \xff\x80\r\n",
+            "GET",
+            "/l",
+            [("X-Latin", "caf\xe9 \xff\x80")],
+        ),
+        (b"GET /x? HTTP/1.1\r\n", "GET", "/x?", []),
+        (b"OPTIONS * HTTP/1.1\r\n", "OPTIONS", "*", []),
+        (b"BREW /pot HTTP/1.1\r\n", "BREW", "/pot", []),
+    ],
+    ids=["case-dup", "obs-text", "empty-query", "asterisk", "unknown-method"],
+)
+async def test_what_the_relay_puts_in_the_open_is_what_the_visitor_sent(
+    relay: Relay,
+    client: RawClient,
+    sent: bytes,
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+) -> None:
+    """The relay's half of fidelity, seen in the OPEN frame itself: names keep their
+    case and repeats, values are latin-1 (one character per byte), targets as sent."""
+    host = host_of(relay, client)
+    request = sent + b"Host: " + host.encode() + b"\r\nConnection: close\r\n\r\n"
+    _, head = await asyncio.gather(exchange(relay.port, request), answer(client))
+    assert (head.method, head.target) == (method, target)
+    assert [(n, v) for n, v in head.headers if n.lower() not in FORWARDING] == [
+        *headers,
+        ("Host", host),
+    ]
+
+
+FORWARDING = {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+async def open_websocket(
+    relay: Relay, client: RawClient
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
+    """A visitor's WebSocket through the link, the raw client answering for the app."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: {host_of(relay, client)}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n".encode()
+    )
+    opened = await client.wait_for(FrameType.OPEN)
+    head = RequestHead.decode(opened.payload)
+    assert head.websocket and head.header("Sec-WebSocket-Key") == WS_KEY
+    assert head.header("Sec-WebSocket-Extensions") is None  # never negotiated
+    reply = json.dumps(
+        {"status": 101, "headers": [["Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="]]}
+    )
+    await client.send(raw_frame(FrameType.REPLY, 0, opened.stream_id, reply.encode()))
+    response = await reader.readuntil(b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), response
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in response
+    return reader, writer, opened.stream_id
+
+
+async def test_a_visitor_whose_connection_drops_mid_websocket_is_going_away_never_normal(
+    relay: Relay, client: RawClient
+) -> None:
+    _, writer, stream_id = await open_websocket(relay, client)
+    # One masked text frame "hi" (mask 0), then the TCP connection just goes.
+    writer.write(b"\x81\x82\x00\x00\x00\x00hi")
+    message = await client.wait_for(FrameType.MESSAGE)
+    assert (message.stream_id, message.payload) == (stream_id, b"hi")
+    writer.transport.abort()
+    writer.close()
+    close = await client.wait_for(FrameType.CLOSE)
+    assert close.stream_id == stream_id
+    assert int.from_bytes(close.payload[:2], "big") == 1001
+
+
+async def test_a_websocket_close_passes_both_ways_with_its_code(
+    relay: Relay, client: RawClient
+) -> None:
+    reader, writer, stream_id = await open_websocket(relay, client)
+    await client.send(raw_frame(FrameType.MESSAGE, Flags.TEXT, stream_id, b"from the app"))
+    assert await reader.readexactly(14) == b"\x81\x0cfrom the app"  # unmasked, server side
+    await client.send(raw_frame(FrameType.CLOSE, 0, stream_id, b"\x0f\xa1bye"))  # 4001
+    assert await reader.readexactly(7) == b"\x88\x05\x0f\xa1bye"
+    writer.write(b"\x88\x82\x00\x00\x00\x00\x0f\xa1")  # the visitor's close back, 4001
+    close = await client.wait_for(FrameType.CLOSE)
+    assert int.from_bytes(close.payload[:2], "big") == 4001
+    assert await reader.read() == b""  # then the relay closes the connection
+    writer.close()
