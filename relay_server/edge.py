@@ -90,6 +90,7 @@ class Edge:
         self.config = relay.config
         self.aiohttp_server = aiohttp_server
         self.connections: set[VisitorConnection] = set()
+        self.scheme = self.config.scheme
         self._routes: dict[str, str | None] = {}
         self.loop = asyncio.get_running_loop()
 
@@ -107,12 +108,8 @@ class Edge:
         sub = self._routes[host] = self.relay.subdomain_of(host)
         return sub
 
-    def close_idle(self) -> None:
-        """Close every connection that is between requests (shutdown)."""
-        for conn in list(self.connections):
-            conn.close_if_idle()
-
     def abort_all(self) -> None:
+        """Close every visitor connection now (the relay is stopping)."""
         for conn in list(self.connections):
             conn.abort()
 
@@ -155,7 +152,6 @@ class VisitorConnection(asyncio.Protocol):
         self.last_out = 0.0
         self.streaming = False
         """A response body is being relayed (its idle time counts)."""
-        self.requests = 0
         self._upgraded = False
         self._linger_until = 0.0
         self._lingered = 0
@@ -259,7 +255,6 @@ class VisitorConnection(asyncio.Protocol):
             self.send_page(pages.refused(exc.status, exc.detail), None, close=True)
             return False
         self._head_since = None
-        self.requests += 1
         sub = self.edge.subdomain_of(request.host) if request.host is not None else None
         if sub is None:
             self._hand_over()
@@ -514,10 +509,6 @@ class VisitorConnection(asyncio.Protocol):
         if self.transport is not None and self.state != _CLOSED:
             self.transport.close()
 
-    def close_if_idle(self) -> None:
-        if self.state == _HEAD and not self._buffer:
-            self.abort()
-
     # -- flow control ------------------------------------------------------------------
 
     def _pause_reading(self) -> None:
@@ -625,8 +616,3 @@ class VisitorConnection(asyncio.Protocol):
         """Make sure the deadlines are looked at by ``when`` (after the exchange set one)."""
         if self.state != _CLOSED:
             self._arm(when)
-
-
-def log_task_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("visitor exchange failed", exc_info=task.exception())

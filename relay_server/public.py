@@ -16,6 +16,7 @@ import asyncio
 import base64
 import binascii
 import datetime
+import functools
 import hmac
 import logging
 import time
@@ -113,7 +114,7 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
         forward_request_headers(
             request.headers,
             public_host=host,
-            scheme=config.scheme,
+            scheme=conn.edge.scheme,
             client_ip=client_address(
                 conn.peer, request.header_all("x-forwarded-for"), config.trusted_proxies
             )
@@ -496,6 +497,7 @@ class _Exchange:
             self._done(False)
 
 
+@functools.lru_cache(maxsize=1024)
 def _bare(host: str) -> str:
     """A Host value without its port, lowercased."""
     if host.endswith("]"):

@@ -189,3 +189,52 @@ async def test_a_websocket_close_passes_both_ways_with_its_code(
     assert int.from_bytes(close.payload[:2], "big") == 4001
     assert await reader.read() == b""  # then the relay closes the connection
     writer.close()
+
+
+@pytest.fixture
+async def quick_relay() -> AsyncIterator[Relay]:
+    """A relay with short deadlines: 1 s for heads, 1.5 s of silence on a connection."""
+    server = Relay(RelayConfig(port=0, header_timeout_s=1, idle_timeout_s=1.5))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.shutdown(grace_s=0.1)
+
+
+async def test_a_quiet_keep_alive_connection_closes_after_the_idle_timeout(
+    quick_relay: Relay,
+) -> None:
+    client = await RawClient.connect(quick_relay.port, hello=hello_message())
+    reader, writer = await asyncio.open_connection("127.0.0.1", quick_relay.port)
+    try:
+        writer.write(f"GET /a HTTP/1.1\r\nHost: {host_of(quick_relay, client)}\r\n\r\n".encode())
+        await answer(client)
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 ")
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        quiet = asyncio.get_running_loop().time() - started
+        # The idle timeout, not the (shorter) head deadline, applies between requests.
+        assert 1.3 <= quiet < 4, quiet
+    finally:
+        writer.close()
+        await client.close()
+
+
+async def test_a_later_request_head_has_its_own_deadline(quick_relay: Relay) -> None:
+    client = await RawClient.connect(quick_relay.port, hello=hello_message())
+    host = host_of(quick_relay, client)
+    reader, writer = await asyncio.open_connection("127.0.0.1", quick_relay.port)
+    try:
+        writer.write(f"GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await answer(client)
+        await reader.readuntil(b"ok")
+        await asyncio.sleep(0.8)  # idle, within the idle timeout
+        writer.write(f"GET /b HTTP/1.1\r\nHost: {host}\r\n".encode())  # never finished
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        took = asyncio.get_running_loop().time() - started
+        assert 0.8 <= took < 3, took  # the head deadline, counted from its first byte
+    finally:
+        writer.close()
+        await client.close()
