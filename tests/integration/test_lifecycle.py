@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import struct
@@ -125,9 +126,17 @@ async def _reset_after_welcome(port: int) -> str:
 
 
 async def _vanish_after_hello(port: int) -> None:
-    """Say HELLO and drop the connection before the WELCOME can be read."""
+    """Say HELLO and drop the connection before the WELCOME can be read.
+
+    The drop waits until the WELCOME has arrived (unread, in the socket's buffer): sooner,
+    it races the relay, which may see the reset before it sends the WELCOME and abandon
+    the link (as it should) instead of making it and seeing its client go.
+    """
     client = await RawClient.connect(port)
+    client.ws.transport.pause_reading()
     await client.send(hello_message())
+    sock = client.ws.transport.get_extra_info("socket")
+    await asyncio.to_thread(select.select, [sock], [], [], 10)
     _reset(client)
 
 
