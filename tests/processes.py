@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,16 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["XDG_STATE_HOME"] = str(scratch_dir("state-"))
     env.update(extra or {})
     return env
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20, what: str = "") -> float:
+    """Poll a condition that another process makes true (no fixed sleep); the time it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s: {what or condition}")
+        time.sleep(0.02)
+    return time.monotonic() - started
 
 
 def _wait_file(
