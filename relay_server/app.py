@@ -188,11 +188,19 @@ class Relay:
         if path in ("/_health", "/healthz"):
             return self.health(request)
         if path == "/":
-            return web.Response(
-                text=f"sharetunnel relay for *.{self.config.domain}: run `tunnel PORT --relay "
-                f"{self.config.scheme}://{self.config.domain}` to get a link.\n"
-            )
+            return web.Response(text=self.landing_page(host))
         return pages.error_response(request, pages.not_found())
+
+    def landing_page(self, host: str) -> str:
+        """The relay's own page: the exact ``--relay`` that works, from where it was reached."""
+        # The visitor's Host is where this relay answers them (front, port and all); a
+        # client that names the same place reaches it too.
+        host = host.strip()
+        url = f"{self.config.scheme}://{host}" if host else self.config.relay_url(self.port)
+        return (
+            f"sharetunnel relay for *.{self.config.domain}\n\n"
+            f"Get a link to a local server:  tunnel PORT --relay {url}\n"
+        )
 
     def health(self, request: web.BaseRequest) -> web.Response:
         """Liveness and a few numbers, as JSON."""

@@ -9,7 +9,9 @@ import shutil
 import signal
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -17,6 +19,7 @@ import click
 from tunnel_client.protocol.errors import ConfigError
 from tunnel_client.protocol.settings import option_spec, resolve
 from tunnel_client.protocol.units import format_duration
+from tunnel_client.protocol.version import package_version
 
 from .config import RelayConfig
 from .settings import RELAY, relay_config
@@ -36,7 +39,21 @@ def _setting_options(command: _F) -> _F:
     return command
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"tunnel-relay {package_version()}")
+        ctx.exit()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Print the version and exit.",
+)
 @click.option(
     "--config",
     metavar="FILE",
@@ -87,22 +104,36 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _serve(config: RelayConfig) -> None:
-    from .tls import self_signed_context, server_context
+    from .tls import load_or_create_self_signed, server_context
 
+    ssl_context: ssl.SSLContext | None = None
     if config.self_signed:
-        self_signed, cert_path = self_signed_context(config.domain)
-        click.echo(
-            f"self-signed certificate for *.{config.domain}: {cert_path} "
-            "(clients: --ca-file this file)",
-            err=True,
+        # Kept beside the lease key, so that clients and browsers that trust it once
+        # keep trusting it across restarts; with no key file, a directory gone at exit.
+        temporary = config.lease_key is None
+        directory = (
+            Path(tempfile.mkdtemp(prefix="sharetunnel-tls-"))
+            if config.lease_key is None
+            else config.lease_key.parent
         )
         try:
-            await _run(config, self_signed)
+            try:
+                cert, key, made = load_or_create_self_signed(config.domain, directory)
+                ssl_context = server_context(cert, key)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(
+                    f"tunnel-relay: cannot make the self-signed certificate in {directory}: {exc}"
+                ) from None
+            click.echo(
+                f"self-signed certificate for *.{config.domain}: {cert} "
+                f"({'made now' if made else 'reused'}; clients: --ca-file this file)",
+                err=True,
+            )
+            await _run(config, ssl_context, cert)
         finally:
-            # A fresh temporary directory per start: no key material is left behind.
-            shutil.rmtree(cert_path.parent, ignore_errors=True)
+            if temporary:
+                shutil.rmtree(directory, ignore_errors=True)
         return
-    ssl_context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:
         try:
             ssl_context = server_context(config.tls_cert, config.tls_key)
@@ -111,7 +142,9 @@ async def _serve(config: RelayConfig) -> None:
     await _run(config, ssl_context)
 
 
-async def _run(config: RelayConfig, ssl_context: ssl.SSLContext | None) -> None:
+async def _run(
+    config: RelayConfig, ssl_context: ssl.SSLContext | None, ca_file: Path | None = None
+) -> None:
     from .app import Relay
 
     try:
@@ -130,6 +163,8 @@ async def _run(config: RelayConfig, ssl_context: ssl.SSLContext | None) -> None:
         f"{relay.port}; links look like {example} and live {format_duration(config.ttl_s)}",
         err=True,
     )
+    trust = f" --ca-file {ca_file}" if ca_file is not None else ""
+    click.echo(f"clients: tunnel PORT --relay {config.relay_url(relay.port)}{trust}", err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

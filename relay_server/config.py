@@ -163,6 +163,21 @@ class RelayConfig:
         """The scheme of the links handed out."""
         return self.public_scheme or ("https" if self.tls else "http")
 
+    def relay_url(self, bound_port: int) -> str:
+        """The base URL clients pass as ``--relay``: ``http://127.0.0.1:8080``.
+
+        A relay for ``localhost`` links is reached at its listening address (loopback
+        for a wildcard); any other at its domain, as visitors see it.
+        """
+        if self.domain == "localhost":
+            host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+            host = f"[{host}]" if ":" in host else host
+        else:
+            host = self.domain
+        port = self.public_port or bound_port
+        default = 443 if self.scheme == "https" else 80
+        return f"{self.scheme}://{host}{'' if port == default else f':{port}'}"
+
     def link_for(self, subdomain: str, bound_port: int) -> str:
         """The public URL of a subdomain, omitting the scheme's default port."""
         port = self.public_port or bound_port

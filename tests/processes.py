@@ -115,10 +115,11 @@ class Origin:
 
 
 @contextlib.contextmanager
-def run_origin() -> Iterator[Origin]:
+def run_origin(*args: str) -> Iterator[Origin]:
+    """``tests/origin.py`` (``--host ::1``, ``--tls-cert C --tls-key K`` among ``args``)."""
     ready = scratch_dir("origin-") / "ready.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.origin", "--ready-file", str(ready)],
+        [sys.executable, "-m", "tests.origin", "--ready-file", str(ready), *args],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -301,7 +302,7 @@ class TunnelProcess:
 
 
 def start_tunnel(
-    port: int,
+    port: int | str,
     *args: str,
     relay: RelayProcess | None = None,
     env: dict[str, str] | None = None,
@@ -327,7 +328,10 @@ def start_tunnel(
 
 @contextlib.contextmanager
 def run_tunnel(
-    port: int, *args: str, relay: RelayProcess | None = None, env: dict[str, str] | None = None
+    port: int | str,
+    *args: str,
+    relay: RelayProcess | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[TunnelProcess]:
     tunnel = start_tunnel(port, *args, relay=relay, env=env)
     try:

@@ -27,11 +27,12 @@ __all__ = ["AsyncShare", "Share", "async_share", "build_config", "share"]
 
 
 def build_config(
-    port: int,
+    target: int | str,
     *,
     relay: str | None = None,
     token: str | None = None,
     local_host: str | None = None,
+    local_insecure: bool | None = None,
     ttl: float | str | None = None,
     basic_auth: str | None = None,
     password: str | None = None,
@@ -43,10 +44,13 @@ def build_config(
 ) -> ClientConfig:
     """A :class:`ClientConfig`: arguments > ``TUNNEL_*`` variables > config file > default.
 
-    Arguments are the settings of ``tunnel share`` (:data:`tunnel_client.settings.CLIENT`)
-    but ``log_level``: durations in seconds or as text (``"2h"``), sizes in bytes or as
-    text (``"1MiB"``). ``environ`` replaces ``os.environ`` (it names the config file
-    too); ``use_environment=False`` reads neither variables nor a file.
+    ``target`` is the local server as ``tunnel`` takes it: ``8000``, ``"localhost:8000"``,
+    ``"[::1]:8000"``, ``"http://localhost:8000"`` or ``"https://localhost:8443"`` (a
+    host there wins over ``local_host``). Arguments are the settings of ``tunnel share``
+    (:data:`tunnel_client.settings.CLIENT`) but ``log_level``: durations in seconds or
+    as text (``"2h"``), sizes in bytes or as text (``"1MiB"``). ``environ`` replaces
+    ``os.environ`` (it names the config file too); ``use_environment=False`` reads
+    neither variables nor a file.
 
     Raises:
         ConfigError: every bad value, each named by where it came from.
@@ -55,6 +59,7 @@ def build_config(
         "relay": relay,
         "token": token,
         "local_host": local_host,
+        "local_insecure": local_insecure,
         "ttl": ttl,
         "basic_auth": basic_auth,
         "password": password,
@@ -65,7 +70,7 @@ def build_config(
     resolution = resolve(
         CLIENT, arguments, origin=Origin.ARGUMENT, environ=environ if use_environment else {}
     )
-    config, _ = client_config(resolution, port)
+    config, _ = client_config(resolution, target)
     return config
 
 
@@ -132,10 +137,10 @@ class AsyncShare:
 
 
 def async_share(
-    port: int, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
+    target: int | str, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
 ) -> AsyncShare:
-    """Share a local port from async code (see :func:`build_config` for options)."""
-    return AsyncShare(build_config(port, **options), on_event)
+    """Share a local server from async code (see :func:`build_config` for options)."""
+    return AsyncShare(build_config(target, **options), on_event)
 
 
 class Share:
@@ -210,12 +215,14 @@ class Share:
 
 
 def share(
-    port: int, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
+    target: int | str, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
 ) -> Share:
-    """Share a local port from sync code; returns once the link answers.
+    """Share a local server from sync code; returns once the link answers.
 
-    Options: ``relay``, ``token``, ``local_host``, ``ttl`` (seconds or "2h"),
-    ``basic_auth`` ("user:pass") or ``password``, ``ca_file`` and more (see
-    :func:`build_config`). Close it with ``.close()`` or a ``with``.
+    ``target`` is a port (``7860``) or an address (``"localhost:8000"``,
+    ``"https://localhost:8443"``), as ``tunnel`` takes it. Options: ``relay``, ``token``,
+    ``local_host``, ``ttl`` (seconds or "2h"), ``basic_auth`` ("user:pass") or
+    ``password``, ``ca_file`` and more (see :func:`build_config`). Close it with
+    ``.close()`` or a ``with``.
     """
-    return Share(build_config(port, **options), on_event).start()
+    return Share(build_config(target, **options), on_event).start()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import random
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from .protocol.aio import Session
 from .protocol.errors import GoAwayCode
 from .protocol.handshake import Hello
 from .protocol.mux import Mux, Role
+from .protocol.units import format_duration
 
 __all__ = [
     "ClientEvent",
     "Closed",
     "Expired",
+    "Expiring",
     "Link",
     "LocalStatus",
     "Ready",
@@ -55,6 +58,25 @@ class Link:
     """Unix time."""
     local_only: bool
     """True for links of the embedded relay: they work on this machine only."""
+    asked_ttl_s: float | None = None
+    """The lifetime the client asked for (``--ttl``), if it asked."""
+    granted_ttl_s: float | None = None
+    """The lifetime the relay gave, as seen when the link was made."""
+
+    @property
+    def ttl_shortfall(self) -> str | None:
+        """``the relay granted 72h, less than the 100h asked``, or None if it gave all."""
+        asked, granted = self.asked_ttl_s, self.granted_ttl_s
+        # The relay's clock is not ours: what we see is its grant give or take the skew
+        # and the handshake's round trip, so only a clear shortfall counts.
+        if asked is None or granted is None or asked - granted <= min(60.0, asked * 0.02):
+            return None
+        if granted >= 600:  # relay limits are whole minutes: don't show the skew
+            granted = round(granted / 60) * 60
+        return (
+            f"the relay granted {format_duration(granted)}, "
+            f"less than the {format_duration(asked)} asked"
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,8 @@ class LocalStatus:
 
     listening: bool
     target: str
+    certificate_problem: str | None = None
+    """Why an https local server's certificate is refused (without ``--local-insecure``)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,14 @@ class Reconnected:
 
 
 @dataclass(frozen=True)
+class Expiring:
+    """The link expires in ``left_s`` (sent an hour and five minutes before)."""
+
+    link: Link
+    left_s: float
+
+
+@dataclass(frozen=True)
 class Expired:
     """The link reached its expiry; the client stops."""
 
@@ -103,13 +135,44 @@ class Closed:
     reason: str
 
 
-ClientEvent = Ready | LocalStatus | Reconnecting | Reconnected | Expired | Closed | RequestRecord
+ClientEvent = (
+    Ready | LocalStatus | Reconnecting | Reconnected | Expiring | Expired | Closed | RequestRecord
+)
+
+EXPIRY_WARNINGS_S = (3600.0, 300.0)
+"""Say the link is about to expire this long before it does (those still ahead at start)."""
 
 
 def backoff_delay(attempt: int, *, cap_s: float) -> float:
     """0.25 s, 0.4 s, 0.65 s ... growing by the golden ratio up to ``cap_s``, with jitter."""
     base = min(cap_s, 0.25 * 1.618 ** (attempt - 1))
     return base * random.uniform(0.8, 1.2)  # noqa: S311  (jitter, not secrecy)
+
+
+async def _sleep_until(unix: float) -> None:
+    """Sleep until a wall-clock time, looking at the clock at least once a minute: a
+    laptop that slept must not wake late (asyncio's clock stands still while it sleeps)."""
+    while True:
+        wait = unix - time.time()
+        if wait <= 0:
+            return
+        await asyncio.sleep(min(wait, 60.0))
+
+
+async def local_certificate_problem(host: str, port: int, timeout_s: float = 2.0) -> str | None:
+    """Why the TLS certificate of https://host:port is not trusted here, or None."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl.create_default_context()), timeout_s
+        )
+    except ssl.SSLCertVerificationError as exc:
+        return str(exc.verify_message or exc.reason or "certificate verify failed")
+    except (TimeoutError, OSError):
+        return None  # not a certificate matter: requests will say what it is
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
 
 
 async def local_port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
@@ -138,6 +201,7 @@ class TunnelClient:
         self._session: Session | None = None
         self._secret = secrets.token_urlsafe(32)
         self._local_status: LocalStatus | None = None
+        self._expiry_warnings: asyncio.Task[None] | None = None
 
     async def wait_ready(self) -> Link:
         """The link, once the relay gave it; raises what made the first connect fail."""
@@ -158,6 +222,19 @@ class TunnelClient:
                 self._ready.set_exception(exc)
                 self._ready.exception()
             raise
+        finally:
+            if self._expiry_warnings is not None:
+                self._expiry_warnings.cancel()
+                await asyncio.gather(self._expiry_warnings, return_exceptions=True)
+
+    async def _warn_before_expiry(self, link: Link) -> None:
+        """An :class:`Expiring` event at each of :data:`EXPIRY_WARNINGS_S` still ahead."""
+        ahead = [s for s in EXPIRY_WARNINGS_S if link.expires_at - time.time() > s]
+        for i, left_s in enumerate(ahead):
+            await _sleep_until(link.expires_at - left_s)
+            if i + 1 < len(ahead) and link.expires_at - time.time() <= ahead[i + 1]:
+                continue  # woke past the next warning too: give only that one
+            self.on_event(Expiring(link, max(0.0, link.expires_at - time.time())))
 
     async def _run(self) -> None:
         config = self.config
@@ -173,12 +250,21 @@ class TunnelClient:
                 target = RelayTarget(f"ws://127.0.0.1:{relay.port}/_tunnel")
             else:
                 assert config.relay is not None
-                target = RelayTarget(relay_ws_url(config.relay), config.ca_file)
+                target = RelayTarget(relay_ws_url(config.relay), config.ca_file, config.relay)
             forwarder = await stack.enter_async_context(
-                Forwarder(config.local_host, config.port, on_request=self.on_event)
+                Forwarder(
+                    config.local_host,
+                    config.port,
+                    scheme=config.local_scheme,
+                    insecure=config.local_insecure,
+                    on_request=self.on_event,
+                )
             )
             listening = await local_port_open(config.local_host, config.port)
-            self._local_status = LocalStatus(listening, config.local_label)
+            problem = None
+            if listening and config.local_scheme == "https" and not config.local_insecure:
+                problem = await local_certificate_problem(config.local_host, config.port)
+            self._local_status = LocalStatus(listening, config.local_label, problem)
             await self._serve(target, forwarder, local_only)
 
     async def _serve(self, target: RelayTarget, forwarder: Forwarder, local_only: bool) -> None:
@@ -219,7 +305,14 @@ class TunnelClient:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
             lease = welcome.lease
-            link = Link(welcome.url, welcome.subdomain, welcome.expires_at, local_only)
+            link = Link(
+                welcome.url,
+                welcome.subdomain,
+                welcome.expires_at,
+                local_only,
+                asked_ttl_s=config.ttl_s,
+                granted_ttl_s=welcome.expires_at - time.time(),
+            )
             mux = Mux(
                 Role.CLIENT,
                 window=config.stream_window,
@@ -242,6 +335,7 @@ class TunnelClient:
                 self.on_event(Ready(link))  # always the first event a user sees
                 if self._local_status is not None:
                     self.on_event(self._local_status)
+                self._expiry_warnings = asyncio.create_task(self._warn_before_expiry(link))
             else:
                 self.link = link
                 self.on_event(Reconnected(link, attempt))

@@ -15,7 +15,14 @@ from .protocol.errors import ConfigError
 from .protocol.mux import DEFAULT_WINDOW
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
-__all__ = ["ClientConfig", "host_problem", "relay_problem", "relay_ws_url"]
+__all__ = [
+    "ClientConfig",
+    "LocalTarget",
+    "host_problem",
+    "parse_local_target",
+    "relay_problem",
+    "relay_ws_url",
+]
 
 CLIENT_WINDOW = 4 * DEFAULT_WINDOW
 """1 MiB: a bigger window than the relay's, because it is the client's memory, not the
@@ -28,6 +35,65 @@ def host_problem(host: str) -> str | None:
     if not host or any(c in host for c in "/ @?#"):
         return f"local host {host!r} is not a host name or address"
     return None
+
+
+TARGET_FORMS = "PORT, HOST:PORT, [IPV6]:PORT, http://HOST:PORT or https://HOST:PORT"
+
+
+@dataclass(frozen=True)
+class LocalTarget:
+    """The local server as the owner named it: ``8000``, ``localhost:8000``, ``https://...``."""
+
+    port: int
+    host: str | None = None
+    """None when only a port was given: the ``local_host`` setting applies."""
+    scheme: str = "http"
+
+
+def parse_local_target(target: int | str) -> LocalTarget:
+    """Read ``8000``, ``localhost:8000``, ``[::1]:8000``, ``http(s)://host[:port]``.
+
+    Raises:
+        ValueError: a one-line reason that names the accepted forms.
+    """
+    if isinstance(target, bool):
+        raise ValueError(f"{target!r} is not a local port or address: use {TARGET_FORMS}")
+    if isinstance(target, int):
+        return LocalTarget(_port(target, str(target)))
+    text = target.strip()
+    if text.isdigit():
+        return LocalTarget(_port(int(text), text))
+    scheme, has_scheme, rest = text.partition("://")
+    if not has_scheme:
+        scheme, rest = "http", text
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(
+            f"{text!r}: the local server must be spoken to over http:// or https://, "
+            f"not {scheme}://"
+        )
+    parts = urlsplit(f"{scheme}://{rest}")
+    host = parts.hostname
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        digits = parts.netloc.rpartition(":")[2]
+        port = _port(int(digits), text) if digits.isdigit() else -1
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{text!r}: give only the scheme, host and port of the local server")
+    if port == -1 or not host or (port is None and not has_scheme):
+        raise ValueError(f"{text!r} is not a local port or address: use {TARGET_FORMS}")
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    if problem := host_problem(host):
+        raise ValueError(f"{text!r}: {problem}")
+    return LocalTarget(_port(port, text), host, scheme)
+
+
+def _port(port: int, text: str) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is not in 1..65535")
+    return port
 
 
 def relay_problem(relay: str) -> str | None:
@@ -74,6 +140,10 @@ class ClientConfig:
     """The local port to share."""
     relay: str | None = None
     local_host: str = "127.0.0.1"
+    local_scheme: str = "http"
+    """``https`` to speak TLS to the local server (``tunnel https://localhost:8443``)."""
+    local_insecure: bool = False
+    """Accept any certificate from an https local server (a self-signed one, say)."""
     token: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
     """Trust this CA (or self-signed certificate) for a wss:// relay, besides the system's."""
@@ -97,6 +167,8 @@ class ClientConfig:
             problems.append(problem)
         if problem := host_problem(self.local_host):
             problems.append(problem)
+        if self.local_scheme not in ("http", "https"):
+            problems.append(f"local scheme must be http or https, not {self.local_scheme!r}")
         if not MIN_WINDOW <= self.stream_window <= MAX_WINDOW:
             problems.append(f"stream window must be in {MIN_WINDOW}..{MAX_WINDOW} bytes")
         if self.ca_file is not None and not self.ca_file.is_file():
@@ -110,10 +182,11 @@ class ClientConfig:
 
     @property
     def local_url(self) -> str:
-        host = f"[{self.local_host}]" if ":" in self.local_host else self.local_host
-        return f"http://{host}:{self.port}"
+        """``http://127.0.0.1:7860``, ``https://localhost:8443``."""
+        return f"{self.local_scheme}://{self.local_label}"
 
     @property
     def local_label(self) -> str:
         """How error messages name the local server: ``127.0.0.1:7860``."""
-        return self.local_url.removeprefix("http://")
+        host = f"[{self.local_host}]" if ":" in self.local_host else self.local_host
+        return f"{host}:{self.port}"

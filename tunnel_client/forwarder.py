@@ -71,19 +71,25 @@ class Forwarder:
         local_host: str,
         port: int,
         *,
+        scheme: str = "http",
+        insecure: bool = False,
         on_request: Callable[[RequestRecord], None] | None = None,
     ) -> None:
         self.local_host = local_host
         self.port = port
         host = f"[{local_host}]" if ":" in local_host else local_host
-        self.base = f"http://{host}:{port}"
+        self.base = f"{scheme}://{host}:{port}"
+        # https: aiohttp verifies the local server's certificate unless told to accept any.
+        self._verify = not insecure
         self.label = f"{host}:{port}"
         self.on_request = on_request
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Forwarder:
         self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True),
+            connector=aiohttp.TCPConnector(
+                limit=0, force_close=False, enable_cleanup_closed=True, ssl=self._verify
+            ),
             cookie_jar=aiohttp.DummyCookieJar(),  # never carry one visitor's cookies to another
             auto_decompress=False,
             # aiohttp buffers up to twice this per response before it stops reading the
@@ -155,10 +161,12 @@ class Forwarder:
             self._fail(stream, head, started, ResetCode.UPSTREAM_HEAD_TOO_LARGE, detail)
             return
         except (StreamReset, SessionClosed):
-            self._record(head, status or 499, started, sent, "visitor went away")
+            status, why = _ended_early(stream, status)
+            self._record(head, status, started, sent, why)
             return
         except asyncio.CancelledError:
-            self._record(head, status or 499, started, sent, "visitor went away")
+            status, why = _ended_early(stream, status)
+            self._record(head, status, started, sent, why)
             raise
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             detail = f"the local server at {self.label} failed: {_why(exc)}"
@@ -244,6 +252,14 @@ _RESET_REASONS = {
 async def _body(stream: Stream) -> AsyncIterator[bytes]:
     while chunk := await stream.read():
         yield chunk
+
+
+def _ended_early(stream: Stream, status: int) -> tuple[int, str]:
+    """What the visitor saw when the relay reset the stream before we finished."""
+    error = stream.error
+    if isinstance(error, StreamReset) and error.code is ResetCode.UPSTREAM_TIMEOUT:
+        return 504, "the app did not answer within the relay's response timeout"
+    return status or 499, "visitor went away"
 
 
 def _why(exc: BaseException) -> str:

@@ -24,6 +24,10 @@ right, all undone by :func:`uninstall`:
   assets then come from the app through the relay like every other request. The relay
   itself never rewrites response bodies. ``install(local_assets=False)`` keeps Gradio's
   CDN page (fewer bytes through the tunnel on the first visit).
+- Gradio prints its own expiry after the link ("This share link is temporary and will
+  last for up to 1 week..."), which is wrong for ours: ``print`` in ``gradio.blocks`` is
+  shadowed (a module global wins over the builtin) by one that drops that message and
+  passes everything else on, so the one expiry line is ours.
 - Failures: Gradio swallows any exception from ``setup_tunnel`` and prints a misleading
   "Missing file: ...frpc..." text, except for ``ShareCertificateWriteError``, whose
   message it prints as ``Could not create share link. <message>``. We raise a subclass
@@ -76,6 +80,8 @@ class _Installation:
         self.setup_tunnel: Callable[..., str] | None = None
         self.launch: Callable[..., Any] | None = None
         self.templates: Any = None
+        self.blocks: Any = None
+        """``gradio.blocks``, whose ``print`` we shadow."""
 
 
 _installed: _Installation | None = None
@@ -228,6 +234,17 @@ def _wrap_launch(original: Callable[..., Any]) -> Callable[..., Any]:
     return launch
 
 
+GRADIO_EXPIRY_NOTE = "This share link is temporary and will last for up to"
+"""The start of Gradio's own expiry message (Gradio 5 and 6), which is not about our links."""
+
+
+def _gradio_print(*args: Any, **kwargs: Any) -> None:
+    """``print`` for ``gradio.blocks``: everything but Gradio's note on how long links last."""
+    if args and isinstance(args[0], str) and args[0].lstrip().startswith(GRADIO_EXPIRY_NOTE):
+        return
+    print(*args, **kwargs)
+
+
 def _local_template_response(templates: Any) -> Callable[..., Any]:
     original = templates.TemplateResponse
 
@@ -277,6 +294,8 @@ def install(
             networking.setup_tunnel = _setup_tunnel
             installation.launch = blocks.Blocks.launch
             blocks.Blocks.launch = _wrap_launch(blocks.Blocks.launch)
+            blocks.print = _gradio_print
+            installation.blocks = blocks
             _installed = installation
         _installed.options = options
         templates = routes.templates
@@ -298,6 +317,8 @@ def uninstall() -> None:
             return
         _gradio("networking").setup_tunnel = installation.setup_tunnel
         _gradio("blocks").Blocks.launch = installation.launch
+        if getattr(installation.blocks, "print", None) is _gradio_print:
+            del installation.blocks.print  # the builtin again
         if installation.templates is not None:
             del installation.templates.TemplateResponse
 

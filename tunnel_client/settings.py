@@ -13,9 +13,9 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import ClientConfig, host_problem, relay_problem
+from .config import ClientConfig, LocalTarget, host_problem, parse_local_target, relay_problem
 from .protocol.errors import ConfigError
-from .protocol.parsers import Choice, Duration, FilePath, Size, Text
+from .protocol.parsers import Choice, Duration, FilePath, Flag, Size, Text
 from .protocol.settings import Origin, Resolution, Setting, Table
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
@@ -54,8 +54,14 @@ CLIENT = Table(
         Setting(
             name="local_host",
             parser=Text(check=host_problem),
-            help="Host of the local server.",
+            help="Host of the local server, when TARGET is only a port.",
             example="::1",
+        ),
+        Setting(
+            name="local_insecure",
+            parser=Flag(),
+            help="Accept any certificate from an https:// local server (a self-signed one).",
+            example="true",
         ),
         Setting(
             name="token",
@@ -118,7 +124,8 @@ CLIENT = Table(
             field=None,
             parser=Choice("debug", "info", "warning", "error"),
             default="warning",
-            help="Log messages at this level and above (to stderr).",
+            help="Log messages at this level and above (to stderr). Unset, the terminal "
+            "display shows only errors, as sentences; --json gets warnings too.",
             example="debug",
         ),
     ),
@@ -128,14 +135,29 @@ CLIENT = Table(
 _STRENGTH = list(Origin)
 
 
-def client_config(resolution: Resolution, port: int) -> tuple[ClientConfig, str | None]:
-    """The client's config for ``port``, and the visitor password generated for it.
+def client_config(
+    resolution: Resolution, target: int | str | LocalTarget
+) -> tuple[ClientConfig, str | None]:
+    """The client's config for ``target``, and the visitor password generated for it.
+
+    ``target`` is a port or a local address as :func:`~.config.parse_local_target`
+    reads it; a host in it wins over the ``local_host`` setting.
 
     Raises:
         ConfigError: every problem with the values taken together.
     """
+    if not isinstance(target, LocalTarget):
+        try:
+            target = parse_local_target(target)
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
     visitor_auth, generated = _visitor_auth(resolution)
-    config = ClientConfig(port=port, visitor_auth=visitor_auth, **resolution.fields())
+    fields = resolution.fields()
+    if target.host is not None:
+        fields["local_host"] = target.host
+    config = ClientConfig(
+        port=target.port, local_scheme=target.scheme, visitor_auth=visitor_auth, **fields
+    )
     return config, generated
 
 

@@ -34,7 +34,8 @@ def _human_output(origin: Origin, relay_url: str, *args: str) -> list[str]:
 
 
 def test_qr_code_of_the_link_on_request(origin: Origin) -> None:
-    with run_relay() as relay:
+    # Links a phone can open: a public domain (machine-local links get no QR code).
+    with run_relay("--domain", "share.example.test") as relay:
         lines = _human_output(origin, relay.url, "--qr")
         match = re.match(r"Forwarding  (\S+)  ->  http://127\.0\.0\.1:\d+$", lines[0])
         assert match, lines
@@ -46,7 +47,7 @@ def test_qr_code_of_the_link_on_request(origin: Origin) -> None:
 
 
 def test_no_qr_code_when_piped_or_refused(origin: Origin) -> None:
-    with run_relay() as relay:
+    with run_relay("--domain", "share.example.test") as relay:
         for args in ((), ("--no-qr",)):
             lines = _human_output(origin, relay.url, *args)
             assert lines[2] == "Requests:", lines
