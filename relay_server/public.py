@@ -104,7 +104,32 @@ def _rate_allows(relay: Relay, tunnel: Link) -> bool:
 
 
 async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
-    """Serve one visitor request for the link ``sub``."""
+    """Serve one visitor request for the link ``sub``, and report it when it is over."""
+    started = time.monotonic()
+    response: web.StreamResponse | None = None
+    status = 499  # cancelled: the visitor left before it had an answer
+    try:
+        response = await _serve(relay, request, sub)
+        status = response.status
+        return response
+    except Exception:
+        status = 500
+        raise
+    finally:
+        writer = getattr(response, "_payload_writer", None)
+        relay.observe.request_done(
+            sub,
+            request.method,
+            request.raw_path,
+            status,
+            request.content.total_bytes,
+            0 if writer is None else writer.output_size,
+            time.monotonic() - started,
+            peer_address(request, relay.config.trusted_proxies),
+        )
+
+
+async def _serve(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
     config = relay.config
     tunnel = relay.directory.get(sub)
     if tunnel is None:
