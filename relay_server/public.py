@@ -116,17 +116,27 @@ async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web
         status = 500
         raise
     finally:
-        writer = getattr(response, "_payload_writer", None)
         relay.observe.request_done(
             sub,
             request.method,
             request.raw_path,
             status,
             request.content.total_bytes,
-            0 if writer is None else writer.output_size,
+            _bytes_out(request, response),
             time.monotonic() - started,
             peer_address(request, relay.config.trusted_proxies),
         )
+
+
+def _bytes_out(request: web.BaseRequest, response: web.StreamResponse | None) -> int:
+    """Bytes written to the visitor: a relayed response's head and body as sent; for a
+    page aiohttp has yet to send, its body."""
+    writer = getattr(request, "_payload_writer", None)
+    sent: int = getattr(writer, "output_size", 0)
+    if sent == 0 and isinstance(response, web.Response) and not response.prepared:
+        body = response.body
+        return len(body) if isinstance(body, bytes | bytearray) else 0
+    return sent
 
 
 async def _serve(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
