@@ -167,6 +167,12 @@ class Observer:
             "1 while the cluster's MQTT broker is connected; 0 when not clustered.",
             registry=registry,
         )
+        self.clustered = Gauge(
+            "sharetunnel_clustered",
+            "1 when the relay runs in a cluster (so a 0 broker_connected is an outage).",
+            registry=registry,
+        )
+        self.clustered.set(1 if getattr(config, "cluster", None) else 0)
         directory.watch(self._link_changed)
 
     # -- what the edge, the endpoint and the cluster report --------------------------------
@@ -212,6 +218,10 @@ class Observer:
     def set_broker_connected(self, connected: bool) -> None:
         """The cluster's broker connection came up or went down."""
         self.broker_connected.set(1 if connected else 0)
+
+    def set_clustered(self, clustered: bool) -> None:
+        """Whether this relay is a cluster node (read from ``config.cluster`` at start)."""
+        self.clustered.set(1 if clustered else 0)
 
     def metrics(self) -> bytes:
         """The Prometheus text exposition of every metric."""
