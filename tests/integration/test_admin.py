@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import secrets
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import (
+    ROOT,
     Origin,
     RelayProcess,
     TunnelProcess,
+    _env,
+    close_pipes,
     fetch,
     run_relay,
     run_tunnel,
@@ -300,3 +305,29 @@ def test_json_logs_and_a_json_access_log(origin: Origin, tmp_path: Path) -> None
     messages = " ".join(r["message"] for r in records)
     assert "admin listener" in messages and "tunnel-relay listening" in messages
     assert "relay stopped" in messages
+
+
+def test_the_access_log_goes_to_stdout_with_a_dash(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    argv = ["--port", "0", "--ready-file", str(ready), "--access-log", "-"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay_server", *argv],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until(ready.exists, what="the relay's ready file")
+        port = json.loads(ready.read_text())["port"]
+        # An unknown link is a visitor request too: it gets its 404 and its line.
+        assert fetch(port, f"{'q' * 16}.localhost:{port}", "/nothing").status == 404
+    finally:
+        stop_process(proc)
+    out = proc.stdout.read() if proc.stdout else ""
+    close_pipes(proc)
+    (line,) = out.splitlines()
+    fields = line.split(" ")
+    assert fields[1:6] == ["127.0.0.1", "q" * 16, '"GET', '/nothing"', "404"]
+    assert fields[6] == "0" and int(fields[7]) > 0 and fields[8].endswith("ms")
