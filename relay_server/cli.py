@@ -66,7 +66,11 @@ def main(config: str | None, check_config: bool, **given: Any) -> None:
         for line in resolution.lines():
             click.echo(line)
         return
-    _setup_logging(relay)
+    try:
+        _setup_logging(relay)
+    except OSError as exc:
+        click.echo(f"tunnel-relay: cannot open the access log {relay.access_log}: {exc}", err=True)
+        sys.exit(2)
     try:
         with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_event_loop) as r:
             r.run(_serve(relay))
