@@ -14,6 +14,7 @@ import logging
 import ssl
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,37 @@ from aiohttp import web
 
 from . import pages
 from .config import RelayConfig
-from .directory import Limits, MemoryDirectory
+from .directory import Limits, LinkState, MemoryDirectory
 from .endpoint import accept_tunnel
 from .forwarding import peer_address
 from .http_server import RelayHTTPServer
 from .leases import LeaseSigner, load_or_create_key
+from .observe import Observer
 from .public import handle_public
+from .revocations import Revocation, RevocationLog
 from .tokens import TokenStore
 
-__all__ = ["Relay"]
+__all__ = ["ListenError", "Relay", "Revoked"]
 
 logger = logging.getLogger(__name__)
+
+TOKEN_WITHDRAWN = "token withdrawn"  # noqa: S105  (a reason, not a secret)
+
+
+class ListenError(OSError):
+    """A listener could not bind; :attr:`where` names it (``host:port``)."""
+
+    def __init__(self, where: str, cause: OSError) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.where = where
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """What :meth:`Relay.revoke` did: the link's state before, and whether it is on disk."""
+
+    was: str
+    persisted: bool
 
 
 class Relay:
@@ -50,15 +71,25 @@ class Relay:
         )
         self.signer = LeaseSigner(load_or_create_key(config.lease_key))
         self.tokens = TokenStore(config.tokens_file)
+        self.admin_tokens = TokenStore(config.admin_token_file)
+        self.observe = Observer(self.directory, config)
+        self.revocations = RevocationLog.beside(config.lease_key)
+        for revoked in self.revocations.load():
+            self.directory.note_revoked(revoked.subdomain, revoked.expires_at)
         self.ssl_context = ssl_context
         self.port = config.port
+        self.admin_port: int | None = None
+        """The admin listener's bound port, once it listens."""
         self.accepting = True
         """False once shutdown began: new tunnels are refused."""
+        self.listening = False
+        """True while the public listener is up."""
         self.inflight = 0
         """Public requests being served right now."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._runner: web.ServerRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.time()
 
@@ -93,10 +124,17 @@ class Relay:
             ssl_context=self.ssl_context,
             reuse_address=True,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ListenError(f"{self.config.host}:{self.config.port}", exc) from exc
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
+        self.listening = True
+        if self.config.admin_port is not None:
+            await self._start_admin(self.config.admin_port)
         logger.info(
             "relay listening on %s://%s:%d for *.%s",
             "https" if self.ssl_context else "http",
@@ -107,12 +145,44 @@ class Relay:
         if self.config.ready_file is not None:
             self._write_ready_file(self.config.ready_file)
 
+    async def _start_admin(self, port: int) -> None:
+        from .admin import make_admin_app
+
+        runner = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.admin_host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if self._runner is not None:
+                await self._runner.cleanup()
+            self.listening = False
+            where = f"{self.config.admin_host}:{port} (the admin listener)"
+            raise ListenError(where, exc) from exc
+        self._admin_runner = runner
+        sockets = getattr(site._server, "sockets", None) or []
+        self.admin_port = sockets[0].getsockname()[1] if sockets else port
+        logger.info(
+            "admin listener (metrics, health, links API) on http://%s:%d",
+            self.config.admin_host,
+            self.admin_port,
+        )
+
+    @property
+    def node_id(self) -> str:
+        """This relay's name in a cluster (``--node-id``), else ``host:port``."""
+        named = getattr(self.config, "node_id", None)
+        return str(named) if named else f"{self.config.host}:{self.port}"
+
     def _write_ready_file(self, path: Path) -> None:
-        info = {
+        info: dict[str, Any] = {
             "port": self.port,
             "url": f"{'https' if self.ssl_context else 'http'}://{self.config.host}:{self.port}",
             "domain": self.config.domain,
         }
+        if self.admin_port is not None:
+            info["admin_port"] = self.admin_port
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(info))
         tmp.replace(path)  # atomic: a reader never sees half a file
@@ -140,7 +210,52 @@ class Relay:
         self.directory.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.listening = False
+        if self._admin_runner is not None:
+            # Last, so that /readyz said 503 for the whole drain.
+            await self._admin_runner.cleanup()
         logger.info("relay stopped")
+
+    # -- the operator's levers ------------------------------------------------------------
+
+    def revoke(self, subdomain: str, reason: str) -> Revoked | None:
+        """Take a link down for good, here and in every later run; None if it expired.
+
+        A held link ends now (its client is told ``reason``; visitors get 410). A link
+        no one holds, or one unknown here (its client may come back, to this or a
+        restarted relay, with a valid lease) is remembered as revoked until its lease
+        would expire, at most a ``ttl`` from now.
+        """
+        link = self.directory.get(subdomain)
+        if link is not None:
+            was, expires_at = link.state.value, link.expires_at
+            self.directory.revoke(subdomain, f"link revoked: {reason}")
+        else:
+            ended = self.directory.ended(subdomain)
+            if ended is not None and ended[0] is LinkState.EXPIRED:
+                return None
+            if ended is not None and ended[0] is LinkState.REVOKED:
+                return Revoked("revoked", persisted=self.revocations.path is not None)
+            was = "unknown" if ended is None else ended[0].value
+            expires_at = time.time() + self.config.ttl_s if ended is None else ended[1]
+            self.directory.note_revoked(subdomain, expires_at)
+        persisted = self.revocations.append(Revocation(subdomain, expires_at, time.time(), reason))
+        return Revoked(was, persisted)
+
+    def reload(self) -> None:
+        """SIGHUP: read the token files again; end the links of withdrawn tokens."""
+        self.admin_tokens.reload()
+        if not self.tokens.reload():
+            return
+        withdrawn = [
+            link.subdomain
+            for link in self.directory.links()
+            if link.token_id is not None and not self.tokens.knows(link.token_id)
+        ]
+        for subdomain in withdrawn:
+            self.revoke(subdomain, TOKEN_WITHDRAWN)
+        if withdrawn:
+            logger.info("revoked %d link(s) whose token was withdrawn", len(withdrawn))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run work that must outlive the request handler that started it."""

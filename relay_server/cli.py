@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import shutil
 import signal
 import ssl
@@ -22,6 +23,8 @@ from tunnel_client.protocol.units import format_duration
 from tunnel_client.protocol.version import package_version
 
 from .config import RelayConfig
+from .logs import formatter
+from .observe import ACCESS_LOGGER
 from .settings import RELAY, relay_config
 
 __all__ = ["main"]
@@ -80,13 +83,50 @@ def main(config: str | None, check_config: bool, **given: Any) -> None:
         for line in resolution.lines():
             click.echo(line)
         return
-    logging.basicConfig(
-        level=relay.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_event_loop) as r:
-        r.run(_serve(relay))
+    try:
+        _setup_logging(relay)
+    except OSError as exc:
+        click.echo(f"tunnel-relay: cannot open the access log {relay.access_log}: {exc}", err=True)
+        sys.exit(2)
+    try:
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_event_loop) as r:
+            r.run(_serve(relay))
+    except SystemExit as exc:
+        if relay.log_format == "json" and isinstance(exc.code, str):
+            # Even a fatal start error is one JSON line when every line must be one.
+            logger.error(exc.code.removeprefix("tunnel-relay: "))
+            raise SystemExit(1) from None
+        raise
+
+
+def _setup_logging(config: RelayConfig) -> None:
+    """stderr for the relay's own lines; the access log to its own handler, if asked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(config.log_format))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    if config.log_format == "json":
+        logging.captureWarnings(True)  # a warning would otherwise be a bare text line
+    if config.access_log is not None:
+        target = config.access_log
+        access: logging.Handler
+        if target == "-":
+            access = logging.StreamHandler(sys.stdout)
+        else:
+            # WatchedFileHandler reopens the file after logrotate moved it.
+            access = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
+        access.setFormatter(formatter(config.log_format))
+        access_logger = logging.getLogger(ACCESS_LOGGER)
+        access_logger.addHandler(access)
+        access_logger.setLevel(logging.INFO)  # whatever --log-level says
+        access_logger.propagate = False
+
+
+def _say(config: RelayConfig, message: str) -> None:
+    """A line for the operator: plain on stderr, or a log record in JSON mode."""
+    if config.log_format == "json":
+        logger.info(message)
+    else:
+        click.echo(message, err=True)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -124,10 +164,10 @@ async def _serve(config: RelayConfig) -> None:
                 raise SystemExit(
                     f"tunnel-relay: cannot make the self-signed certificate in {directory}: {exc}"
                 ) from None
-            click.echo(
+            _say(
+                config,
                 f"self-signed certificate for *.{config.domain}: {cert} "
                 f"({'made now' if made else 'reused'}; clients: --ca-file this file)",
-                err=True,
             )
             await _run(config, ssl_context, cert)
         finally:
@@ -145,7 +185,7 @@ async def _serve(config: RelayConfig) -> None:
 async def _run(
     config: RelayConfig, ssl_context: ssl.SSLContext | None, ca_file: Path | None = None
 ) -> None:
-    from .app import Relay
+    from .app import ListenError, Relay
 
     try:
         relay = Relay(config, ssl_context=ssl_context)
@@ -153,23 +193,21 @@ async def _run(
         raise SystemExit(f"tunnel-relay: cannot load the lease key: {exc}") from None
     try:
         await relay.start()
-    except OSError as exc:
-        raise SystemExit(
-            f"tunnel-relay: cannot listen on {config.host}:{config.port}: {exc.strerror}"
-        ) from None
+    except ListenError as exc:
+        raise SystemExit(f"tunnel-relay: cannot listen on {exc.where}: {exc.strerror}") from None
     example = config.link_for("<random>", relay.port)
-    click.echo(
+    _say(
+        config,
         f"tunnel-relay listening on {'https' if ssl_context else 'http'}://{config.host}:"
         f"{relay.port}; links look like {example} and live {format_duration(config.ttl_s)}",
-        err=True,
     )
     trust = f" --ca-file {ca_file}" if ca_file is not None else ""
-    click.echo(f"clients: tunnel PORT --relay {config.relay_url(relay.port)}{trust}", err=True)
+    _say(config, f"clients: tunnel PORT --relay {config.relay_url(relay.port)}{trust}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, relay.tokens.reload)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
     await stop.wait()
     logger.info("stopping: finishing in-flight requests, then closing tunnels")
     await relay.shutdown()

@@ -16,7 +16,14 @@ from tunnel_client.protocol.frames import MAX_HEAD_PAYLOAD
 from tunnel_client.protocol.units import format_size
 from tunnel_client.protocol.window import MAX_WINDOW, MIN_WINDOW
 
-__all__ = ["MAX_HEADER_BYTES", "RelayConfig", "domain_problem", "proxy_problem"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "RelayConfig",
+    "access_log_problem",
+    "domain_problem",
+    "is_loopback",
+    "proxy_problem",
+]
 
 HOUR = 3600.0
 
@@ -47,6 +54,26 @@ def proxy_problem(proxy: str) -> str | None:
         ipaddress.ip_network(proxy, strict=False)
     except ValueError:
         return f"trusted proxy {proxy!r} is not an IP address or network"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def access_log_problem(target: str) -> str | None:
+    """Why ``target`` (``-`` for stdout, else a file) cannot take the access log, or None."""
+    if target == "-":
+        return None
+    parent = Path(target).expanduser().parent
+    if not parent.is_dir():
+        return f"access log {target!r}: the directory {str(parent)!r} does not exist"
     return None
 
 
@@ -102,6 +129,15 @@ class RelayConfig:
     ready_file: Path | None = None
     """Write ``{"port": ..., "url": ...}`` here once listening (for scripts and tests)."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text``, or ``json``: every log line (and access log line) one JSON object."""
+    access_log: str | None = None
+    """One line per visitor request, to this file, or to stdout for ``-``; None: none."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
+    """Serve /metrics, /healthz, /readyz and /api/links here (0: any free port); None: off."""
+    admin_token_file: Path | None = None
+    """Bearer tokens (one per line) the admin API requires; reloaded on SIGHUP."""
 
     def __post_init__(self) -> None:
         if problems := list(self._problems()):
@@ -136,7 +172,22 @@ class RelayConfig:
             problems.append("tls_cert and tls_key go together: give both or neither")
         if self.self_signed and self.tls_cert is not None:
             problems.append("self_signed and tls_cert exclude each other")
-        for path in (self.tls_cert, self.tls_key, self.tokens_file):
+        if self.admin_port is not None and not 0 <= self.admin_port <= 65535:
+            problems.append(f"admin_port {self.admin_port} is not in 0..65535")
+        if (
+            self.admin_port is not None
+            and self.admin_token_file is None
+            and not is_loopback(self.admin_host)
+        ):
+            problems.append(
+                f"admin_host {self.admin_host} is not a loopback address: give an "
+                "admin_token_file, or anyone who reaches the admin port could take links down"
+            )
+        if self.log_format not in ("text", "json"):
+            problems.append(f"log_format must be text or json, not {self.log_format!r}")
+        if self.access_log is not None and (problem := access_log_problem(self.access_log)):
+            problems.append(problem)
+        for path in (self.tls_cert, self.tls_key, self.tokens_file, self.admin_token_file):
             if path is not None and not path.is_file():
                 problems.append(f"{path} does not exist or is not a file")
         problems.extend(filter(None, map(proxy_problem, self.trusted_proxies)))

@@ -25,7 +25,12 @@ happens to any handler (a cancelled one included)::
 
 Only CLAIMED, LIVE and AWAY links *hold* their subdomain; the per-address and
 per-token counts are changed in :meth:`_move` alone, from that one fact, so they
-cannot drift from the states.
+cannot drift from the states. Revoked subdomains are remembered apart from the bounded
+memory of ended ones, until their expiry: however many links end meanwhile, a revoked
+link's lease stays refused (the relay reloads them at start with :meth:`note_revoked`).
+
+Whoever needs to know about changes (metrics) registers with :meth:`LinkDirectory.watch`;
+every implementation reports each transition through :meth:`LinkDirectory._changed`.
 
 :class:`LinkDirectory` is the interface (the cluster gives it a second
 implementation); :class:`MemoryDirectory` keeps everything in this process.
@@ -42,6 +47,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from tunnel_client.protocol.aio import Session
 from tunnel_client.protocol.errors import GoAwayCode, HandshakeRefused, InvalidState
@@ -58,6 +64,7 @@ __all__ = [
     "LinkDirectory",
     "LinkEvent",
     "LinkState",
+    "Listener",
     "MemoryDirectory",
 ]
 
@@ -153,6 +160,8 @@ class Link:
     rate_checked: float = 0.0
     claims: int = 0
     """Handshakes under way for this link."""
+    requests: int = 0
+    """Visitor requests served for this link by this relay (for the admin API)."""
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict, repr=False)
 
     @property
@@ -182,8 +191,26 @@ class Limits:
     tunnels_per_token: int
 
 
+Listener: TypeAlias = Callable[[Link, LinkState, LinkEvent], None]
+"""Told of each transition: the link (already in its new state), its old state, the event."""
+
+
 class LinkDirectory(abc.ABC):
     """Owns every link's state; nothing else changes it."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def watch(self, listener: Listener) -> None:
+        """Call ``listener`` after every transition (never to change a link)."""
+        self._listeners.append(listener)
+
+    def _changed(self, link: Link, old: LinkState, event: LinkEvent) -> None:
+        for listener in self._listeners:
+            try:
+                listener(link, old, event)
+            except Exception:  # a watcher's bug must not break a link's life
+                logger.exception("link directory listener failed")
 
     @abc.abstractmethod
     def get(self, subdomain: str) -> Link | None:
@@ -214,6 +241,11 @@ class LinkDirectory(abc.ABC):
     @abc.abstractmethod
     def note_expired(self, subdomain: str, expires_at: float) -> None:
         """Remember a link known (from its lease) to have expired, for 410 pages."""
+
+    @abc.abstractmethod
+    def note_revoked(self, subdomain: str, expires_at: float) -> None:
+        """Remember a subdomain no link holds as revoked until ``expires_at``: its lease is
+        refused and visitors get 410 (revocations loaded at start, or of a GONE link)."""
 
     @abc.abstractmethod
     def welcome(self, claim: Claim, session: Session, *, visitor_auth: str | None) -> None:
@@ -252,10 +284,13 @@ class MemoryDirectory(LinkDirectory):
     """The directory of a single relay process."""
 
     def __init__(self, limits: Limits, url_for: Callable[[str], str]) -> None:
+        super().__init__()
         self.limits = limits
         self._url_for = url_for
         self._links: dict[str, Link] = {}
         self._ended: OrderedDict[str, tuple[LinkState, float]] = OrderedDict()
+        self._revoked: dict[str, float] = {}
+        """Revoked subdomains and their expiry: never dropped from memory before it."""
         self._away: OrderedDict[str, Link] = OrderedDict()
         """AWAY links, the longest away first: the first to give up a slot."""
         # Counts kept in step with the states by _move, so a HELLO costs O(1).
@@ -268,6 +303,9 @@ class MemoryDirectory(LinkDirectory):
         return self._links.get(subdomain)
 
     def ended(self, subdomain: str) -> tuple[LinkState, float] | None:
+        revoked = self._revoked.get(subdomain)
+        if revoked is not None:
+            return LinkState.REVOKED, revoked
         found = self._ended.get(subdomain)
         if found is None:
             return None
@@ -347,6 +385,15 @@ class MemoryDirectory(LinkDirectory):
             return
         self._remember(subdomain, LinkState.EXPIRED, expires_at)
 
+    def note_revoked(self, subdomain: str, expires_at: float) -> None:
+        if subdomain in self._links:
+            raise InvalidState(f"link {subdomain} is held: revoke() it")
+        now = time.time()
+        for sub in [s for s, until in self._revoked.items() if until <= now]:
+            del self._revoked[sub]  # past expiry its lease is refused as expired anyway
+        self._revoked[subdomain] = expires_at
+        self._remember(subdomain, LinkState.REVOKED, expires_at)
+
     def welcome(self, claim: Claim, session: Session, *, visitor_auth: str | None) -> None:
         link = claim.link
         if link.state not in HOLDING:
@@ -411,6 +458,7 @@ class MemoryDirectory(LinkDirectory):
         old, link.state = link.state, new
         if old is not new:
             logger.info("link %s: %s -> %s (%s)", link.subdomain, old.value, new.value, event.value)
+        self._changed(link, old, event)
         grace = link.timers.pop("grace", None)
         if grace is not None:
             grace.cancel()
@@ -427,6 +475,8 @@ class MemoryDirectory(LinkDirectory):
         del self._links[link.subdomain]
         self._count(link, -1)
         self._remember(link.subdomain, new, link.expires_at)
+        if new is LinkState.REVOKED:
+            self._revoked[link.subdomain] = link.expires_at
         session, link.session = link.session, None
         if session is not None:
             if new is LinkState.EXPIRED:
@@ -473,7 +523,7 @@ class MemoryDirectory(LinkDirectory):
     def _new_subdomain(self) -> str:
         while True:
             sub = "".join(secrets.choice(SUBDOMAIN_ALPHABET) for _ in range(SUBDOMAIN_LENGTH))
-            if sub not in self._links and sub not in self._ended:
+            if sub not in self._links and sub not in self._ended and sub not in self._revoked:
                 return sub
 
 

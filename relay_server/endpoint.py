@@ -113,6 +113,7 @@ async def _run_session(
         await transport.close()
         return
     relay.directory.welcome(claim, session, visitor_auth=hello.visitor_auth)
+    relay.observe.link_welcomed(resumed=claim.resumed)
     logger.info(
         "link %s %s for %s (%s)",
         link.subdomain,

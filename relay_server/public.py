@@ -104,7 +104,42 @@ def _rate_allows(relay: Relay, tunnel: Link) -> bool:
 
 
 async def handle_public(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
-    """Serve one visitor request for the link ``sub``."""
+    """Serve one visitor request for the link ``sub``, and report it when it is over."""
+    started = time.monotonic()
+    response: web.StreamResponse | None = None
+    status = 499  # cancelled: the visitor left before it had an answer
+    try:
+        response = await _serve(relay, request, sub)
+        status = response.status
+        return response
+    except Exception:
+        status = 500
+        raise
+    finally:
+        relay.observe.request_done(
+            sub,
+            request.method,
+            request.raw_path,
+            status,
+            request.content.total_bytes,
+            _bytes_out(request, response),
+            time.monotonic() - started,
+            peer_address(request, relay.config.trusted_proxies),
+        )
+
+
+def _bytes_out(request: web.BaseRequest, response: web.StreamResponse | None) -> int:
+    """Bytes written to the visitor: a relayed response's head and body as sent; for a
+    page aiohttp has yet to send, its body."""
+    writer = getattr(request, "_payload_writer", None)
+    sent: int = getattr(writer, "output_size", 0)
+    if sent == 0 and isinstance(response, web.Response) and not response.prepared:
+        body = response.body
+        return len(body) if isinstance(body, bytes | bytearray) else 0
+    return sent
+
+
+async def _serve(relay: Relay, request: web.BaseRequest, sub: str) -> web.StreamResponse:
     config = relay.config
     tunnel = relay.directory.get(sub)
     if tunnel is None:

@@ -27,6 +27,7 @@ from .config import (
     MAX_HEADER_BYTES,
     MAX_HEADER_BYTES_WHY,
     RelayConfig,
+    access_log_problem,
     domain_problem,
     proxy_problem,
 )
@@ -225,6 +226,42 @@ RELAY = Table(
             parser=Choice("debug", "info", "warning", "error"),
             help="Log messages at this level and above (to stderr).",
             example="debug",
+        ),
+        Setting(
+            name="log_format",
+            parser=Choice("text", "json"),
+            help="json: every log line (and access log line) is one JSON object.",
+            example="json",
+        ),
+        Setting(
+            name="access_log",
+            parser=Text(check=access_log_problem),
+            metavar="FILE",
+            help="Log one line per visitor request to this file (- for stdout).",
+            unset="no access log",
+            example="-",
+        ),
+        Setting(
+            name="admin_host",
+            parser=Text(),
+            help="Address of the admin listener (metrics, health, the links API).",
+            example="::1",
+        ),
+        Setting(
+            name="admin_port",
+            parser=Whole(0, 65535),
+            help="Serve /metrics, /healthz, /readyz and /api/links on this port "
+            "(0: any free port).",
+            unset="no admin listener",
+            example="9090",
+        ),
+        Setting(
+            name="admin_token_file",
+            parser=FilePath(exists=True),
+            help="Bearer tokens (one per line) the admin API requires; /metrics, /healthz "
+            "and /readyz stay open. Reloaded on SIGHUP. Required off loopback.",
+            unset="the API is open to whoever reaches the admin listener",
+            example="admin-token",
         ),
     ),
 )

@@ -140,6 +140,8 @@ class RelayProcess:
     port: int
     args: list[str]
     scheme: str = "http"
+    admin_port: int | None = None
+    """The admin listener's port (``--admin-port``), from the ready file."""
     lines: list[str] = field(default_factory=list)
     """Everything the relay logged so far (drained continuously, so it never blocks)."""
     _drain: threading.Thread | None = None
@@ -197,6 +199,7 @@ def start_relay(*args: str, port: int = 0, env: dict[str, str] | None = None) ->
         relay.stderr_text()
         raise
     relay.port = info["port"]
+    relay.admin_port = info.get("admin_port")
     relay.scheme = "https" if info["url"].startswith("https") else "http"
     return relay
 

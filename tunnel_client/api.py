@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ __all__ = ["AsyncShare", "Share", "async_share", "build_config", "share"]
 def build_config(
     target: int | str,
     *,
-    relay: str | None = None,
+    relay: str | Sequence[str] | None = None,
     token: str | None = None,
     local_host: str | None = None,
     local_insecure: bool | None = None,
@@ -48,9 +48,9 @@ def build_config(
     ``"[::1]:8000"``, ``"http://localhost:8000"`` or ``"https://localhost:8443"`` (a
     host there wins over ``local_host``). Arguments are the settings of ``tunnel share``
     (:data:`tunnel_client.settings.CLIENT`) but ``log_level``: durations in seconds or
-    as text (``"2h"``), sizes in bytes or as text (``"1MiB"``). ``environ`` replaces
-    ``os.environ`` (it names the config file too); ``use_environment=False`` reads
-    neither variables nor a file.
+    as text (``"2h"``), sizes in bytes or as text (``"1MiB"``), ``relay`` one URL or several (a
+    list, or text with commas). ``environ`` replaces ``os.environ`` (it names the config
+    file too); ``use_environment=False`` reads neither variables nor a file.
 
     Raises:
         ConfigError: every bad value, each named by where it came from.

@@ -4,6 +4,11 @@
 stream through a :class:`~.forwarder.Forwarder`, and when the connection drops it
 reconnects with backoff, presenting its lease so the link stays the same, until the
 link expires. Everything worth showing a user is reported as an event.
+
+Given several relays, it starts on the first that answers, and each reconnect attempt
+goes to the next relay in turn (round robin, with the same backoff): a lease is valid
+on every relay that shares the signing key, so the link moves with the client when its
+relay dies or restarts.
 """
 
 from __future__ import annotations
@@ -239,7 +244,7 @@ class TunnelClient:
     async def _run(self) -> None:
         config = self.config
         async with contextlib.AsyncExitStack() as stack:
-            local_only = config.relay is None
+            local_only = not config.relay
             if local_only:
                 from .embedded import start_local_relay
 
@@ -247,10 +252,11 @@ class TunnelClient:
                     ttl_s=config.ttl_s, response_timeout_s=config.response_timeout_s
                 )
                 stack.push_async_callback(relay.shutdown, 0)
-                target = RelayTarget(f"ws://127.0.0.1:{relay.port}/_tunnel")
+                targets = [RelayTarget(f"ws://127.0.0.1:{relay.port}/_tunnel")]
             else:
-                assert config.relay is not None
-                target = RelayTarget(relay_ws_url(config.relay), config.ca_file, config.relay)
+                targets = [
+                    RelayTarget(relay_ws_url(url), config.ca_file, url) for url in config.relay
+                ]
             forwarder = await stack.enter_async_context(
                 Forwarder(
                     config.local_host,
@@ -265,13 +271,18 @@ class TunnelClient:
             if listening and config.local_scheme == "https" and not config.local_insecure:
                 problem = await local_certificate_problem(config.local_host, config.port)
             self._local_status = LocalStatus(listening, config.local_label, problem)
-            await self._serve(target, forwarder, local_only)
+            await self._serve(targets, forwarder, local_only)
 
-    async def _serve(self, target: RelayTarget, forwarder: Forwarder, local_only: bool) -> None:
+    async def _serve(
+        self, targets: list[RelayTarget], forwarder: Forwarder, local_only: bool
+    ) -> None:
         config = self.config
         lease: str | None = None
         attempt = 0
+        turn = 0  # the relay the next attempt goes to: each failure or drop moves it on
+        first_failures: list[str] = []
         while not self._stopping.is_set():
+            target = targets[turn % len(targets)]
             hello = Hello(
                 window=config.stream_window,
                 max_streams=config.max_streams,
@@ -293,6 +304,15 @@ class TunnelClient:
                 return
             except (RelayUnavailable, RelayRefused) as exc:
                 retryable = exc.retryable if isinstance(exc, RelayRefused) else True
+                turn += 1
+                if self.link is None and retryable and turn < len(targets):
+                    first_failures.append(str(exc))
+                    continue  # at start, each relay once, at once: the first that answers
+                if self.link is None and retryable and first_failures:
+                    first_failures.append(str(exc))
+                    raise RelayUnavailable(
+                        f"no relay answered: {'; '.join(first_failures)}"
+                    ) from None
                 if self.link is None or not retryable:
                     raise  # the first connection fails fast, with the reason
                 if time.time() >= self.link.expires_at:
@@ -355,7 +375,9 @@ class TunnelClient:
                 GoAwayCode.NORMAL,
             ):
                 raise RelayRefused(ended.code, ended.reason or "the relay closed the link")
-            # A drop, a relay restart, a keepalive timeout: come back with the lease.
+            # A drop, a relay restart, a keepalive timeout: come back with the lease, on
+            # the next relay if there are several (this one may be the one that died).
+            turn += 1
             attempt = 1
             delay = backoff_delay(attempt, cap_s=config.reconnect_max_delay_s)
             self.on_event(Reconnecting(ended.reason or ended.code.name.lower(), delay, attempt))

@@ -134,11 +134,12 @@ def relay_ws_url(relay: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
-    """Everything one tunnel needs; ``relay=None`` means an embedded local relay."""
+    """Everything one tunnel needs; no ``relay`` means an embedded local relay."""
 
     port: int
     """The local port to share."""
-    relay: str | None = None
+    relay: tuple[str, ...] = ()
+    """Relay URLs, tried in order; a client whose relay dies moves to the next one."""
     local_host: str = "127.0.0.1"
     local_scheme: str = "http"
     """``https`` to speak TLS to the local server (``tunnel https://localhost:8443``)."""
@@ -163,8 +164,9 @@ class ClientConfig:
         problems = []
         if not 1 <= self.port <= 65535:
             problems.append(f"port {self.port} is not in 1..65535")
-        if self.relay is not None and (problem := relay_problem(self.relay)):
-            problems.append(problem)
+        if isinstance(self.relay, str):  # relay="wss://..." where a tuple belongs
+            object.__setattr__(self, "relay", (self.relay,))
+        problems.extend(filter(None, map(relay_problem, self.relay)))
         if problem := host_problem(self.local_host):
             problems.append(problem)
         if self.local_scheme not in ("http", "https"):

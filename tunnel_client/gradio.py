@@ -47,7 +47,7 @@ import functools
 import importlib
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -191,7 +191,8 @@ def _setup_tunnel(
     try:
         share = Share(config, on_event=_on_event).start()
     except RelayRefused as exc:
-        raise error(f"sharetunnel: the relay at {config.relay} refused the link: {exc}") from None
+        relays = ", ".join(config.relay)
+        raise error(f"sharetunnel: the relay at {relays} refused the link: {exc}") from None
     except Exception as exc:  # whatever it is, Gradio must print it and go on locally
         raise error(f"sharetunnel: {str(exc) or type(exc).__name__}") from None
     tunnel = GradioTunnel(share, host, int(local_port))
@@ -258,7 +259,7 @@ def _local_template_response(templates: Any) -> Callable[..., Any]:
 
 
 def install(
-    relay: str | None = None,
+    relay: str | Sequence[str] | None = None,
     token: str | None = None,
     *,
     ca_file: str | Path | None = None,

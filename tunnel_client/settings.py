@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ClientConfig, LocalTarget, host_problem, parse_local_target, relay_problem
 from .protocol.errors import ConfigError
-from .protocol.parsers import Choice, Duration, FilePath, Flag, Size, Text
+from .protocol.parsers import Choice, Duration, FilePath, Flag, Many, Size, Text
 from .protocol.settings import Origin, Resolution, Setting, Table
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
@@ -44,10 +44,11 @@ CLIENT = Table(
     settings=(
         Setting(
             name="relay",
-            parser=Text(check=relay_problem),
+            parser=Many(Text(check=relay_problem)),
             metavar="URL",
-            help="Relay base URL (ws://, wss://, http:// or https://). Default: an embedded "
-            "relay on this machine (local-only link).",
+            help="Relay base URL (ws://, wss://, http:// or https://); several (repeat it, or "
+            "a comma-separated list) to fail over between relays. Default: an embedded relay "
+            "on this machine (local-only link).",
             unset="an embedded relay: the link works on this machine only",
             example="wss://share.example.com",
         ),

@@ -224,7 +224,7 @@ class Resolved:
     def shown(self) -> str:
         """The value as check-config prints it: secrets masked, None explained."""
         setting = self.setting
-        if self.value is None:
+        if self.value is None or self.value == ():
             return f"none ({setting.unset})" if setting.unset else "none"
         if setting.bare is not None and self.value == setting.bare:
             return f"({setting.bare_means or 'given without a value'})"
