@@ -89,6 +89,12 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 async def _serve(config: RelayConfig) -> None:
     from .tls import self_signed_context, server_context
 
+    if config.workers != 1:
+        from .workers import supervise
+
+        await supervise(config)
+        return
+
     if config.self_signed:
         self_signed, cert_path = self_signed_context(config.domain)
         click.echo(
@@ -116,6 +122,8 @@ async def _run(config: RelayConfig, ssl_context: ssl.SSLContext | None) -> None:
 
     try:
         relay = Relay(config, ssl_context=ssl_context)
+    except ConfigError as exc:  # the cluster secret or broker password file
+        raise SystemExit(f"tunnel-relay: {'; '.join(exc.problems)}") from None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"tunnel-relay: cannot load the lease key: {exc}") from None
     try:
