@@ -136,6 +136,13 @@ class Outbox:
         """Stop re-sending a topic (an ended record whose time is over)."""
         self._wanted.pop(topic, None)
 
+    def drop(self, topic: str) -> None:
+        """Send nothing more on a topic (another node's record stands there now)."""
+        self._wanted.pop(topic, None)
+        if self._pending.pop(topic, None) is not None and not self._pending:
+            self.wake.clear()
+            self.empty.set()
+
     def pending(self) -> list[tuple[str, bytes, float | None]]:
         """What is still to send, oldest first."""
         return [(t, i.payload, i.expiry_s) for t, i in self._pending.items()]
@@ -333,7 +340,8 @@ class MqttDirectory(MemoryDirectory):
             return
         announced = self._claimed_at.pop(sub, None) is not None
         if event is LinkEvent.MOVED:
-            return  # the newer claim's record stands
+            self.outbox.drop(self.topics.link(sub))  # the newer claim's record stands
+            return
         if announced:
             self.outbox.put(self.topics.link(sub), b"")
         if new in (LinkState.EXPIRED, LinkState.REVOKED) and sub not in self._cluster_ended:
