@@ -10,8 +10,9 @@ of every other node's links built from the records of :mod:`.records`:
 * Records from other nodes fill the remote table. :meth:`get` answers for the whole
   cluster: a local :class:`Link`, or a :class:`RemoteLink` whose ``session`` is the
   hop to the node that holds it.
-* Two claims on one link: the newer welcome wins (claim time, then node id). The node
-  with the older claim lets go (MOVED: its session gets GOAWAY REPLACED); the node with
+* Two claims on one link: a live one beats an away one, then the newer welcome wins
+  (claim time, at least just after any claim the node had seen; then node id). The node
+  with the losing claim lets go (MOVED: its session gets GOAWAY REPLACED); the node with
   the newer one answers any older record, or a cleared one, by announcing again.
 * A node whose last will says "offline" drops out: its links are forgotten at once.
 * Until the broker connection is up and this node has seen its own sync marker, no
@@ -257,6 +258,8 @@ class MqttDirectory(MemoryDirectory):
         self._cluster_ended: OrderedDict[str, tuple[LinkState, float]] = OrderedDict()
         self._forgeries = _Forgeries()
         self._stale_timer: asyncio.TimerHandle | None = None
+        self._ever_synced = False
+        self._duplicate_logged_at = -FORGERY_LOG_INTERVAL_S
 
     # -- answers for the whole cluster ---------------------------------------------------
 
@@ -330,8 +333,9 @@ class MqttDirectory(MemoryDirectory):
     def _changed(self, link: Link, old: LinkState, event: LinkEvent, reason: str) -> None:
         sub, new = link.subdomain, link.state
         if event is LinkEvent.WELCOMED:
-            self._claimed_at[sub] = time.time()
-            self._remote.pop(sub, None)
+            # Newer than any claim this node has seen, whatever the clocks say.
+            seen = self._remote.pop(sub, None)
+            self._claimed_at[sub] = max(time.time(), seen.record.claimed_at + 1e-3 if seen else 0)
             self._announce(link)
             return
         if new in HOLDING:
@@ -449,6 +453,17 @@ class MqttDirectory(MemoryDirectory):
                     return
         self._forged(topic, "the record names another topic")
 
+    def _duplicate(self, incarnation: str) -> None:
+        now = time.monotonic()
+        if now - self._duplicate_logged_at >= FORGERY_LOG_INTERVAL_S:
+            self._duplicate_logged_at = now
+            logger.warning(
+                "cluster: another process announces itself as node %s (%s): every node "
+                "needs its own --node-id",
+                self.identity.node_id,
+                incarnation,
+            )
+
     def _forged(self, topic: str, why: str) -> None:
         forgeries = self._forgeries
         forgeries.count += 1
@@ -485,7 +500,7 @@ class MqttDirectory(MemoryDirectory):
                 len(self._remote),
                 stale,
             )
-        self.synced = True
+        self.synced = self._ever_synced = True
         self._sweep_stale()
 
     def _drop_stale(self, generation: int) -> None:
@@ -508,14 +523,21 @@ class MqttDirectory(MemoryDirectory):
     def _on_link(self, record: LinkRecord) -> None:
         sub = record.subdomain
         if record.node == self.identity.node_id:
-            if record.incarnation != self.identity.incarnation and sub not in self._claimed_at:
-                # A record of this node's previous life: nobody else will clear it.
+            if record.incarnation == self.identity.incarnation:
+                return
+            if not self._ever_synced and sub not in self._claimed_at:
+                # A retained record of this node's previous life: nobody else clears it.
                 self.outbox.put(self.topics.link(sub), b"")
+            else:
+                self._duplicate(record.incarnation)
             return
         local = self._links.get(sub)
         mine = self._claimed_at.get(sub)
         if local is not None and mine is not None:
-            if (record.claimed_at, record.node) > (mine, self.identity.node_id):
+            # A connected client beats one that is away; then the newer claim wins.
+            theirs = (record.state == "live", record.claimed_at, record.node)
+            ours = (local.state is LinkState.LIVE, mine, self.identity.node_id)
+            if theirs > ours:
                 logger.info("link %s: node %s holds a newer claim; letting go", sub, record.node)
                 self._move(local, LinkEvent.MOVED)
             else:
@@ -548,6 +570,10 @@ class MqttDirectory(MemoryDirectory):
 
     def _on_node(self, record: NodeRecord) -> None:
         if record.node == self.identity.node_id:
+            if record.incarnation != self.identity.incarnation:
+                if self._ever_synced and record.state == "online":
+                    self._duplicate(record.incarnation)
+                return
             if record.state == "online":
                 self._nodes[record.node] = _Node(record, self._generation)
             return

@@ -319,6 +319,8 @@ class PeerEndpoint:
         self.idle = asyncio.Event()
         """Set while no hop stream is being served."""
         self.idle.set()
+        self._refusals = 0
+        self._refusal_logged_at = -10.0
 
     async def accept(self, request: web.BaseRequest) -> web.StreamResponse:
         ws = web.WebSocketResponse(
@@ -357,7 +359,7 @@ class PeerEndpoint:
                 raise PeerRefused("it does not know the cluster secret")
             window = _window(hello)
         except (PeerRefused, TimeoutError, RemoteProtocolError) as exc:
-            logger.warning("cluster: refused a hop from %s: %s", remote, str(exc) or "timed out")
+            self._refused(remote, str(exc) or "no handshake in time")
             await transport.close()
             return
         session = _session(settings, transport, Role.CLIENT, window, node, self._serve_stream)
@@ -367,6 +369,19 @@ class PeerEndpoint:
             await session.run()
         finally:
             self.sessions.discard(session)
+
+    def _refused(self, remote: str, why: str) -> None:
+        """Log refused hops at WARNING, at most every 10 s (strangers may knock often)."""
+        self._refusals += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_logged_at >= 10:
+            self._refusal_logged_at = now
+            logger.warning(
+                "cluster: refused a hop from %s: %s (%d refused so far)",
+                remote,
+                why,
+                self._refusals,
+            )
 
     async def _serve_stream(self, stream: Stream) -> None:
         head = stream.request

@@ -235,3 +235,28 @@ def test_a_forged_announcement_does_not_reroute_a_link(cluster: Cluster, origin:
     for node in nodes[1:]:
         logs = "\n".join(node.lines)
         assert "WARNING relay_server.cluster.directory: ignoring a cluster message" in logs
+
+
+def test_the_hop_wants_the_cluster_secret(cluster: Cluster) -> None:
+    (node,) = cluster.start(1)
+    wait_for_mesh([node.port])
+
+    async def knock() -> aiohttp.WSMsgType:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{node.port}/_peer") as ws,
+        ):
+            hello = {"peer": 1, "node": "intruder", "to": "node-1", "nonce": "ab", "window": 65536}
+            await ws.send_bytes(json.dumps(hello).encode())
+            answer = json.loads((await ws.receive()).data)
+            assert answer["node"] == "node-1" and len(answer["mac"]) == 64
+            await ws.send_bytes(json.dumps({"mac": "00" * 32}).encode())
+            # Then an OPEN, as if the proof had passed: it must never be served.
+            await ws.send_bytes(b"\x03\x00\x00\x00\x00\x02\x00\x00\x00\x02{}")
+            return (await ws.receive(timeout=10)).type
+
+    assert asyncio.run(knock()) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    deadline = time.monotonic() + 5
+    while not any("refused a hop" in line for line in node.lines):
+        assert time.monotonic() < deadline, node.lines[-5:]
+        time.sleep(0.05)

@@ -327,3 +327,29 @@ async def test_records_of_this_nodes_previous_life_are_cleared() -> None:
 
 def test_the_kinds_have_their_topics() -> None:
     assert TOPICS.parse(TOPICS.ended("a")) == (Kind.ENDED, "a")
+
+
+async def test_an_away_claim_elsewhere_never_takes_a_connected_link() -> None:
+    d = make(StandInPeers())
+    other_online(d)
+    sync(d)
+    claim, session = live(d)
+    sub = claim.link.subdomain
+    publish(d, TOPICS.link(sub), their_link(sub, claimed_at=time.time() + 60, state="away"))
+    assert session.closed_with is None and d.get(sub) is claim.link
+
+
+async def test_a_claim_is_newer_than_any_seen_whatever_the_clocks_say() -> None:
+    d = make(StandInPeers())
+    other_online(d)
+    sync(d)
+    skewed = time.time() + 3600  # the other node's clock runs an hour ahead
+    publish(d, TOPICS.link("moving"), their_link("moving", claimed_at=skewed, state="away"))
+    claim = d.claim_lease(Lease("moving", time.time() + 60, "k", None), client_ip="10.0.0.1")
+    session = StandInSession()
+    d.welcome(claim, session, visitor_auth=None)  # type: ignore[arg-type]
+    record = sent(d, TOPICS.link("moving"))
+    assert isinstance(record, LinkRecord) and record.claimed_at > skewed
+    # Its stale "live" record arriving late does not take the link back.
+    publish(d, TOPICS.link("moving"), their_link("moving", claimed_at=skewed))
+    assert session.closed_with is None and d.get("moving") is claim.link
