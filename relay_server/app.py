@@ -145,10 +145,11 @@ class Relay:
 
         self.accepting = False
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        began = time.monotonic()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         if self.cluster is not None:  # requests other nodes handed to this one
-            await self.cluster.drain(grace)
+            await self.cluster.drain(max(0.0, grace - (time.monotonic() - began)))
         for link in self.directory.links():
             if link.session is not None:
                 link.session.close(

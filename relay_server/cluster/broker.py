@@ -90,6 +90,9 @@ class Broker:
                 await self._session()
             except aiomqtt.MqttError as exc:
                 reason = str(exc) or type(exc).__name__
+            except Exception as exc:  # a bug: keep the node coming back all the same
+                logger.exception("cluster: the broker connection failed")
+                reason = repr(exc)
             else:
                 reason = "the broker closed the connection"
             self._client = None

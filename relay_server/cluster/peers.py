@@ -156,6 +156,8 @@ class _Peer:
                 logger.log(
                     level, "cluster: cannot reach peer %s at %s: %r", self.node_id, self.url, exc
                 )
+            except Exception:  # a bug: keep the hop coming back all the same
+                logger.exception("cluster: the hop to %s failed", self.node_id)
             attempt += 1
             delay = min(RETRY_MAX_S, 0.2 * 1.618 ** min(attempt, 12))
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311
