@@ -94,6 +94,11 @@ def test_a_link_on_one_node_answers_on_every_node(cluster: Cluster, origin: Orig
             echoed = json.loads(reply.body)
             assert echoed["length"] == 3000 and echoed["method"] == "POST"
             assert echoed["target"] == "/echo?x=1"
+        # A 32 MiB upload through a hop arrives whole (streamed, under both windows).
+        body = pattern_bytes(32 * MIB)
+        reply = fetch(nodes[2].port, tunnel.host, "/upload", method="POST", body=body, timeout=60)
+        assert reply.status == 200
+        assert json.loads(reply.body)["sha256"] == hashlib.sha256(body).hexdigest()
         # Errors of the owner's machine read the same through a hop.
         assert fetch(nodes[1].port, tunnel.host, "/status/418").status == 418
         assert fetch(nodes[2].port, "nosuchlink.localhost", "/").status == 404
