@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
@@ -85,8 +87,20 @@ def _worker_main(config: RelayConfig) -> None:
     )
     # The supervisor passes SIGINT on itself: a Ctrl-C reaches the worker once, as SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_with_parent()
     with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_event_loop) as r:
         r.run(_serve(config))
+
+
+def _stop_with_parent() -> None:
+    """Linux: get SIGTERM if the supervisor dies (even by SIGKILL), so no worker is orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the supervisor was already gone
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _Worker:

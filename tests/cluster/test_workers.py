@@ -83,3 +83,26 @@ def _worker_pids(parent: int) -> list[int]:
             except FileNotFoundError:
                 continue
     return children
+
+
+def test_workers_stop_when_their_supervisor_is_killed(cluster: Cluster) -> None:
+    import os
+
+    relay = start_relay(*cluster.args("node-1"), "--workers", "2")
+    cluster.nodes.append(relay)
+    pids = _worker_pids(relay.proc.pid)
+    assert len(pids) == 2
+    stop_process(relay.proc, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and b"Z" not in _state(pid):
+            assert time.monotonic() < deadline, f"worker {pid} outlived its supervisor"
+            time.sleep(0.05)
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return b"Z"
