@@ -16,13 +16,13 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from . import pages
 from .config import RelayConfig
-from .directory import Limits, LinkState, MemoryDirectory
+from .directory import Limits, LinkDirectory, LinkState, MemoryDirectory
 from .endpoint import accept_tunnel
 from .forwarding import peer_address
 from .http_server import RelayHTTPServer
@@ -30,7 +30,11 @@ from .leases import LeaseSigner, load_or_create_key
 from .observe import Observer
 from .public import handle_public
 from .revocations import Revocation, RevocationLog
+from .routing import Router
 from .tokens import TokenStore
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 __all__ = ["ListenError", "Relay", "Revoked"]
 
@@ -60,24 +64,41 @@ class Relay:
 
     def __init__(self, config: RelayConfig, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config
-        self.directory = MemoryDirectory(
-            Limits(
-                ttl_s=config.ttl_s,
-                reconnect_grace_s=config.reconnect_grace_s,
-                tunnels_per_ip=config.tunnels_per_ip,
-                tunnels_per_token=config.tunnels_per_token,
-            ),
-            url_for=lambda sub: config.link_for(sub, self.port),
+        limits = Limits(
+            ttl_s=config.ttl_s,
+            reconnect_grace_s=config.reconnect_grace_s,
+            tunnels_per_ip=config.tunnels_per_ip,
+            tunnels_per_token=config.tunnels_per_token,
         )
+        self.port = config.port
+
+        def url_for(sub: str) -> str:
+            return config.link_for(sub, self.port)
+
+        # -- cluster: the directory then knows every node's links (relay_server/cluster/)
+        self.cluster: ClusterNode | None = None
+        self.directory: LinkDirectory
+        if config.cluster is not None:
+            from .cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(
+                config, limits, url_for, subdomain_of=self.subdomain_of, spawn=self.spawn
+            )
+            self.directory = self.cluster.directory
+        else:
+            self.directory = MemoryDirectory(limits, url_for)
+        self.seam = Router(self.directory)
+        """The routing seam the edge asks: where a link lives, which session to use."""
         self.signer = LeaseSigner(load_or_create_key(config.lease_key))
         self.tokens = TokenStore(config.tokens_file)
         self.admin_tokens = TokenStore(config.admin_token_file)
         self.observe = Observer(self.directory, config)
+        if self.cluster is not None:
+            self.observe.broker_probe = self.cluster.broker.connected.is_set
         self.revocations = RevocationLog.beside(config.lease_key)
         for revoked in self.revocations.load():
             self.directory.note_revoked(revoked.subdomain, revoked.expires_at)
         self.ssl_context = ssl_context
-        self.port = config.port
         self.admin_port: int | None = None
         """The admin listener's bound port, once it listens."""
         self.accepting = True
@@ -123,6 +144,7 @@ class Relay:
             self.config.port,
             ssl_context=self.ssl_context,
             reuse_address=True,
+            reuse_port=self.config.reuse_port or None,  # --workers: one port, N processes
         )
         try:
             await site.start()
@@ -142,6 +164,8 @@ class Relay:
             self.port,
             self.config.domain,
         )
+        if self.cluster is not None:
+            await self.cluster.start(self.port, tls=self.ssl_context is not None)
         if self.config.ready_file is not None:
             self._write_ready_file(self.config.ready_file)
 
@@ -193,13 +217,18 @@ class Relay:
 
         self.accepting = False
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        began = time.monotonic()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
+        if self.cluster is not None:  # requests other nodes handed to this one
+            await self.cluster.drain(max(0.0, grace - (time.monotonic() - began)))
         for link in self.directory.links():
             if link.session is not None:
                 link.session.close(
                     GoAwayCode.SHUTDOWN, "the relay is restarting: reconnect with your lease"
                 )
+        if self.cluster is not None:  # leave the cluster: hops close, the node says goodbye
+            await self.cluster.stop()
         if self._tasks:
             # Sessions end once their GOAWAY is out; each releases its link as it ends.
             _, late = await asyncio.wait(set(self._tasks), timeout=5)
@@ -300,6 +329,8 @@ class Relay:
         path = request.rel_url.path
         if path == "/_tunnel":
             return await accept_tunnel(self, request)
+        if path == "/_peer" and self.cluster is not None:
+            return await self.cluster.accept(request)
         if path in ("/_health", "/healthz"):
             return self.health(request)
         if path == "/":
@@ -332,6 +363,7 @@ class Relay:
                 ),
                 "inflight": self.inflight,
                 "uptime_s": round(time.time() - self.started_at, 1),
+                **({"cluster": self.cluster.health()} if self.cluster is not None else {}),
             },
             status=200 if self.accepting else 503,
         )

@@ -147,6 +147,12 @@ async def _serve(config: RelayConfig) -> None:
     from .tls import load_or_create_self_signed, server_context
 
     ssl_context: ssl.SSLContext | None = None
+    if config.workers != 1:
+        from .workers import supervise
+
+        await supervise(config)
+        return
+
     if config.self_signed:
         # Kept beside the lease key, so that clients and browsers that trust it once
         # keep trusting it across restarts; with no key file, a directory gone at exit.
@@ -189,6 +195,8 @@ async def _run(
 
     try:
         relay = Relay(config, ssl_context=ssl_context)
+    except ConfigError as exc:  # the cluster secret or broker password file
+        raise SystemExit(f"tunnel-relay: {'; '.join(exc.problems)}") from None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"tunnel-relay: cannot load the lease key: {exc}") from None
     try:

@@ -8,8 +8,9 @@ functions that the table uses too.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tunnel_client.protocol.errors import ConfigError
 from tunnel_client.protocol.frames import MAX_HEAD_PAYLOAD
@@ -20,8 +21,10 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "RelayConfig",
     "access_log_problem",
+    "broker_url_problem",
     "domain_problem",
     "is_loopback",
+    "peer_url_problem",
     "proxy_problem",
 ]
 
@@ -75,6 +78,56 @@ def access_log_problem(target: str) -> str | None:
     if not parent.is_dir():
         return f"access log {target!r}: the directory {str(parent)!r} does not exist"
     return None
+
+
+def broker_url_problem(url: str) -> str | None:
+    """Why ``url`` does not name an MQTT broker, or None."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port, parts = None, urlsplit("")
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/"):
+        return f"cluster {url!r} is not a broker URL like mqtt://broker:1883 or mqtts://broker:8883"
+    if port == 0:
+        return f"cluster {url!r}: port 0 is not a broker's port"
+    return None
+
+
+def peer_url_problem(url: str) -> str | None:
+    """Why ``url`` is not how other nodes can reach this one, or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"peer_url {url!r} is not a URL like http://10.0.0.5:8080"
+    return None
+
+
+def cluster_problems(config: RelayConfig) -> list[str]:
+    """What is wrong with the cluster settings taken together."""
+    problems = []
+    if config.cluster is not None:
+        if problem := broker_url_problem(config.cluster):
+            problems.append(problem)
+        if config.cluster_secret_file is None:
+            problems.append(
+                "cluster needs cluster_secret_file: every node signs with the same secret"
+            )
+    elif config.workers != 1:
+        problems.append("workers needs cluster: each worker is a node of a cluster")
+    if config.peer_url is not None and (problem := peer_url_problem(config.peer_url)):
+        problems.append(problem)
+    if config.cluster_password is not None and config.cluster_password_file is not None:
+        problems.append("cluster_password and cluster_password_file exclude each other")
+    if config.workers < 0:
+        problems.append("workers must be at least 1 (or auto)")
+    for path in (config.cluster_secret_file, config.cluster_ca_file, config.cluster_password_file):
+        if path is not None and not path.is_file():
+            problems.append(f"{path} does not exist or is not a file")
+    return problems
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +191,28 @@ class RelayConfig:
     """Serve /metrics, /healthz, /readyz and /api/links here (0: any free port); None: off."""
     admin_token_file: Path | None = None
     """Bearer tokens (one per line) the admin API requires; reloaded on SIGHUP."""
+    # -- cluster (relay_server/cluster/) ---------------------------------------------------
+    cluster: str | None = None
+    """``mqtt://host:port`` or ``mqtts://host:port`` of the broker the nodes share."""
+    cluster_name: str | None = None
+    """Topics live under ``sharetunnel/<cluster_name>/``; None: the domain."""
+    cluster_secret_file: Path | None = None
+    """The secret every node shares: it signs announcements and the node-to-node hop."""
+    cluster_user: str | None = None
+    cluster_password: str | None = field(default=None, repr=False)
+    cluster_password_file: Path | None = None
+    cluster_ca_file: Path | None = None
+    """CA bundle for ``mqtts://`` brokers and ``https://`` peer URLs (default: the system's)."""
+    node_id: str | None = None
+    """This node's name in the cluster; None: ``<host name>:<port>``."""
+    peer_url: str | None = None
+    """How other nodes reach this one; None: ``http://<host>:<port>`` of this relay."""
+    workers: int = 1
+    """Relay processes sharing the port (SO_REUSEPORT); 0: one per core."""
+    reuse_port: bool = False
+    """(set by --workers) Bind the public port with SO_REUSEPORT."""
+    peer_listen: str | None = None
+    """(set by --workers) ``host:port`` of a listener for other nodes only (``/_peer``)."""
 
     def __post_init__(self) -> None:
         if problems := list(self._problems()):
@@ -187,6 +262,7 @@ class RelayConfig:
             problems.append(f"log_format must be text or json, not {self.log_format!r}")
         if self.access_log is not None and (problem := access_log_problem(self.access_log)):
             problems.append(problem)
+        problems.extend(cluster_problems(self))
         for path in (self.tls_cert, self.tls_key, self.tokens_file, self.admin_token_file):
             if path is not None and not path.is_file():
                 problems.append(f"{path} does not exist or is not a file")

@@ -19,9 +19,11 @@ happens to any handler (a cancelled one included)::
   needs its slot: a crashed client must not lock everyone behind its address (a whole
   NAT) out until its grace ends, and it loses nothing, since its lease brings the link
   back. CLAIMED, LIVE and AWAY all go to EXPIRED at the expiry time, and to REVOKED
-  when an operator takes the link down. GONE, EXPIRED and REVOKED are final for a Link object;
-  the subdomain is remembered (boundedly) so visitors get 404 or 410, no new link
-  reuses it, and a GONE link can come back from its lease until it expires.
+  when an operator takes the link down. In a cluster they also go to GONE when the link
+  *moved*: its client came back through another node, whose newer claim wins.
+  GONE, EXPIRED and REVOKED are final for a Link object; the subdomain is remembered
+  (boundedly) so visitors get 404 or 410, no new link reuses it, and a GONE link can
+  come back from its lease until it expires.
 
 Only CLAIMED, LIVE and AWAY links *hold* their subdomain; the per-address and
 per-token counts are changed in :meth:`_move` alone, from that one fact, so they
@@ -106,6 +108,8 @@ class LinkEvent(enum.Enum):
     EVICTED = "evicted"
     EXPIRY = "expiry"
     REVOKE = "revoke"
+    MOVED = "moved"
+    """(cluster) Another node holds a newer claim on the link: this node lets go."""
 
 
 _S, _E = LinkState, LinkEvent
@@ -115,6 +119,7 @@ TRANSITIONS: dict[LinkState, dict[LinkEvent, LinkState]] = {
         _E.ABANDONED: _S.GONE,
         _E.EXPIRY: _S.EXPIRED,
         _E.REVOKE: _S.REVOKED,
+        _E.MOVED: _S.GONE,
     },
     _S.LIVE: {
         _E.WELCOMED: _S.LIVE,  # a newer connection took the link over
@@ -122,6 +127,7 @@ TRANSITIONS: dict[LinkState, dict[LinkEvent, LinkState]] = {
         _E.ENDED: _S.GONE,
         _E.EXPIRY: _S.EXPIRED,
         _E.REVOKE: _S.REVOKED,
+        _E.MOVED: _S.GONE,
     },
     _S.AWAY: {
         _E.WELCOMED: _S.LIVE,
@@ -129,6 +135,7 @@ TRANSITIONS: dict[LinkState, dict[LinkEvent, LinkState]] = {
         _E.EVICTED: _S.GONE,
         _E.EXPIRY: _S.EXPIRED,
         _E.REVOKE: _S.REVOKED,
+        _E.MOVED: _S.GONE,
     },
     _S.GONE: {},
     _S.EXPIRED: {},
@@ -205,7 +212,11 @@ class LinkDirectory(abc.ABC):
         """Call ``listener`` after every transition (never to change a link)."""
         self._listeners.append(listener)
 
-    def _changed(self, link: Link, old: LinkState, event: LinkEvent) -> None:
+    def _changed(self, link: Link, old: LinkState, event: LinkEvent, reason: str = "") -> None:
+        """Called after every transition (with its side effects done): tells the watchers.
+
+        The cluster directory also announces transitions from here (it calls this first).
+        """
         for listener in self._listeners:
             try:
                 listener(link, old, event)
@@ -458,7 +469,6 @@ class MemoryDirectory(LinkDirectory):
         old, link.state = link.state, new
         if old is not new:
             logger.info("link %s: %s -> %s (%s)", link.subdomain, old.value, new.value, event.value)
-        self._changed(link, old, event)
         grace = link.timers.pop("grace", None)
         if grace is not None:
             grace.cancel()
@@ -469,6 +479,7 @@ class MemoryDirectory(LinkDirectory):
                 self.limits.reconnect_grace_s, self._fire, link, LinkEvent.GRACE_OVER
             )
         if new in HOLDING:
+            self._changed(link, old, event, reason)
             return
         # Final for this Link: it stops holding its subdomain.
         _cancel_timers(link)
@@ -483,6 +494,9 @@ class MemoryDirectory(LinkDirectory):
                 session.close(GoAwayCode.EXPIRED, "the link reached its expiry time")
             elif new is LinkState.REVOKED:
                 session.close(GoAwayCode.AUTH_FAILED, reason or "the relay took this link down")
+            elif event is LinkEvent.MOVED:
+                session.close(GoAwayCode.REPLACED, "a newer connection took this link over")
+        self._changed(link, old, event, reason)
 
     def _fire(self, link: Link, event: LinkEvent) -> None:
         link.timers.pop("grace" if event is LinkEvent.GRACE_OVER else "expiry", None)

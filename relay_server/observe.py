@@ -24,7 +24,7 @@ import bisect
 import json
 import logging
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .directory import HOLDING, Link, LinkDirectory, LinkEvent, LinkState
@@ -73,6 +73,8 @@ class Observer:
         self.revocations = 0
         self.cross_node_forwards = 0
         self.broker_connected = False
+        self.broker_probe: Callable[[], bool] | None = None
+        """Asked at scrape time when set (the cluster's broker connection)."""
         self.clustered = bool(getattr(config, "cluster", None))
         self._registry: CollectorRegistry | None = None
         directory.watch(self._link_changed)
@@ -278,7 +280,7 @@ class _Collector:
         yield gauge(
             "sharetunnel_broker_connected",
             "1 while the cluster's MQTT broker is connected; 0 when not clustered.",
-            int(o.broker_connected),
+            int(o.broker_probe() if o.broker_probe is not None else o.broker_connected),
         )
         yield gauge(
             "sharetunnel_clustered",

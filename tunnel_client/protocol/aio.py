@@ -25,6 +25,11 @@ at once, so before the stall this side had sent something within 1.5 intervals; 
 of at most one interval (a third of the timeout) keeps the peer's silence under 2.5
 intervals, short of the 3 intervals after which it gives up.
 
+:func:`splice` serves a stream this side was asked to serve by opening the same request
+on another session and pumping both ways, stream to stream: how one relay node hands
+a visitor's request to the node that holds the link. Both streams keep their windows,
+so the splice buffers at most a window per direction.
+
 :func:`bridge_websocket` joins an upgraded stream to a real WebSocket, message by
 message. Both sides use it: the relay with the visitor's WebSocket, the client with the
 local server's. It is written against :class:`WebSocketEnd`, which aiohttp's server
@@ -44,6 +49,7 @@ from typing import Any, Protocol
 
 from .errors import (
     GoAwayCode,
+    HeadTooLarge,
     InvalidState,
     RemoteProtocolError,
     ResetCode,
@@ -75,6 +81,7 @@ __all__ = [
     "WebSocketEnd",
     "WebSocketMessage",
     "bridge_websocket",
+    "splice",
 ]
 
 HIGH_WATER_BYTES = 1 << 20
@@ -745,3 +752,98 @@ async def bridge_websocket(
         if not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.close(code=abort_code, message=abort_reason.encode())
+
+
+# -- splicing two streams ---------------------------------------------------------------
+
+
+def _reset_args(
+    error: StreamReset | SessionClosed | None, lost: ResetCode, fallback: str
+) -> tuple[ResetCode, str]:
+    """How to pass one stream's abnormal end on to the other stream of a splice.
+
+    A reset passes on as it came; a lost session becomes ``lost``.
+    """
+    if isinstance(error, StreamReset):
+        return error.code, error.reason
+    if isinstance(error, SessionClosed):
+        return lost, f"{fallback}: {error.reason or error.code.name}"
+    return ResetCode.CANCEL, fallback
+
+
+async def _copy_body(source: Stream, sink: Stream) -> None:
+    """Body bytes from one stream into another, then its end; credit limits both sides."""
+    while chunk := await source.read():
+        await sink.write(chunk)
+    await sink.end()
+
+
+async def _copy_messages(source: Stream, sink: Stream) -> None:
+    """WebSocket messages of an upgraded stream into another, up to and with the close."""
+    while True:
+        item = await source.receive_message()
+        if isinstance(item, WebSocketClosed):
+            sink.send_close(item.code, item.reason)
+            return
+        await sink.send_message(item.data, text=item.text)
+
+
+async def splice(inbound: Stream, session: Session, head: RequestHead | None = None) -> None:
+    """Serve ``inbound`` by opening its request on ``session`` and pumping both ways.
+
+    ``inbound`` is a stream this side serves (it carries a request head); ``session`` is
+    one on which this side opens streams. The request (``head``, by default the one
+    ``inbound`` carries) and its body go out on a new stream of ``session``; its
+    response head and body, or once upgraded its WebSocket messages and close, come
+    back on ``inbound``. A reset on either stream resets the other with the same code,
+    and cancelling the call (the peer reset ``inbound``) resets the outbound stream.
+    Nothing is read faster than the other side grants credit.
+
+    Raises:
+        SessionClosed: ``session`` has ended; nothing was sent on either stream.
+        HeadTooLarge: the head does not fit an OPEN frame; nothing was sent.
+    """
+    request = head or inbound.request
+    if request is None:
+        raise InvalidState("only a stream opened by the peer carries a request to splice")
+    bodyless = inbound._eof and not inbound._chunks and not request.websocket
+    outbound = session.open_stream(request, end_stream=bodyless)
+    uploading: asyncio.Task[None] | None = None
+    if not bodyless and not request.websocket:
+        uploading = asyncio.create_task(_copy_body(inbound, outbound))
+    try:
+        reply, ended = await outbound.response()
+        try:
+            inbound.reply(reply, end_stream=ended)
+        except HeadTooLarge:
+            # Cannot happen with peers of the same limits; never let it end the session.
+            inbound.reset(ResetCode.UPSTREAM_HEAD_TOO_LARGE, "response head too large")
+            return
+        if reply.status == 101:
+            directions = {
+                asyncio.create_task(_copy_messages(inbound, outbound)),
+                asyncio.create_task(_copy_messages(outbound, inbound)),
+            }
+            try:
+                # Both closes (the closing handshake) or the first failure end it.
+                await asyncio.wait(directions, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for task in directions:
+                    task.cancel()
+                await asyncio.gather(*directions, return_exceptions=True)
+        elif not ended:
+            await _copy_body(outbound, inbound)
+    except (StreamReset, SessionClosed):
+        pass  # which side failed is read off the streams below
+    finally:
+        if uploading is not None:
+            uploading.cancel()
+            await asyncio.gather(uploading, return_exceptions=True)
+        if inbound.live and inbound.error is None and outbound.error is not None:
+            lost = ResetCode.INTERNAL_ERROR
+            inbound.reset(*_reset_args(outbound.error, lost, "the far connection ended"))
+        if outbound.live and outbound.error is None:
+            # The peer left (reset, or its session ended), or the answer is complete
+            # while the request body was still coming: the far side stops either way.
+            lost = ResetCode.CANCEL
+            outbound.reset(*_reset_args(inbound.error, lost, "the request was withdrawn"))
