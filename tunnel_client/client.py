@@ -175,7 +175,12 @@ class TunnelClient:
                 assert config.relay is not None
                 target = RelayTarget(relay_ws_url(config.relay), config.ca_file)
             forwarder = await stack.enter_async_context(
-                Forwarder(config.local_host, config.port, on_request=self.on_event)
+                Forwarder(
+                    config.local_host,
+                    config.port,
+                    on_request=self.on_event,
+                    host_header=config.host_header,
+                )
             )
             listening = await local_port_open(config.local_host, config.port)
             self._local_status = LocalStatus(listening, config.local_label)

@@ -15,7 +15,13 @@ from .protocol.errors import ConfigError
 from .protocol.mux import DEFAULT_WINDOW
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
-__all__ = ["ClientConfig", "host_problem", "relay_problem", "relay_ws_url"]
+__all__ = [
+    "ClientConfig",
+    "host_header_problem",
+    "host_problem",
+    "relay_problem",
+    "relay_ws_url",
+]
 
 CLIENT_WINDOW = 4 * DEFAULT_WINDOW
 """1 MiB: a bigger window than the relay's, because it is the client's memory, not the
@@ -27,6 +33,13 @@ def host_problem(host: str) -> str | None:
     """Why ``host`` is not a host name or address, or None."""
     if not host or any(c in host for c in "/ @?#"):
         return f"local host {host!r} is not a host name or address"
+    return None
+
+
+def host_header_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as ``Host`` (``rewrite`` aside), or None."""
+    if not value or any(c.isspace() or not c.isprintable() for c in value) or "/" in value:
+        return f"host header {value!r} is not a host (with an optional :port) or 'rewrite'"
     return None
 
 
@@ -87,6 +100,9 @@ class ClientConfig:
     connect_timeout_s: float = 10.0
     response_timeout_s: float | None = None
     """(embedded relay) time the local server has to start a response."""
+    host_header: str | None = None
+    """``Host`` for the local server: None passes the visitor's, ``rewrite`` sends the
+    local server's address, anything else is sent as is."""
     reconnect_max_delay_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -96,6 +112,8 @@ class ClientConfig:
         if self.relay is not None and (problem := relay_problem(self.relay)):
             problems.append(problem)
         if problem := host_problem(self.local_host):
+            problems.append(problem)
+        if self.host_header is not None and (problem := host_header_problem(self.host_header)):
             problems.append(problem)
         if not MIN_WINDOW <= self.stream_window <= MAX_WINDOW:
             problems.append(f"stream window must be in {MIN_WINDOW}..{MAX_WINDOW} bytes")

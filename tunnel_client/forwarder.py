@@ -24,6 +24,7 @@ bridged to the connection by :func:`~.protocol.aio.bridge_codec`; any other answ
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import time
@@ -52,7 +53,7 @@ from .protocol.errors import (
 from .protocol.heads import Headers, RequestHead, ResponseHead, strip_hop_by_hop
 from .protocol.wsframes import WebSocketCodec
 
-__all__ = ["HOST_REWRITE", "Forwarder", "RequestRecord"]
+__all__ = ["HOST_REWRITE", "Forwarder", "RequestRecord", "local_authority"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ class Forwarder:
             trust store and its host name).
         on_request: called with a :class:`RequestRecord` as each request finishes.
         host_header: None to pass the visitor's ``Host`` on; :data:`HOST_REWRITE` to send
-            the local server's address (``localhost:8888``) instead; any other value to
-            send that. ``X-Forwarded-Host`` keeps the public name either way.
+            the local server's address instead (:func:`local_authority`); any other value
+            to send that. ``X-Forwarded-Host`` keeps the public name either way.
     """
 
     def __init__(
@@ -108,8 +109,9 @@ class Forwarder:
         host = f"[{local_host}]" if ":" in local_host else local_host
         self.label = f"{host}:{port}"
         self.on_request = on_request
-        self.host_header = host_header
-        self.host_value = self.label if host_header == HOST_REWRITE else host_header
+        if host_header == HOST_REWRITE:
+            host_header = local_authority(local_host, port)
+        self.host_value = host_header
         """The ``Host`` sent to the local server, or None for the visitor's."""
         if scheme == "https" and ssl_context is None:
             ssl_context = ssl.create_default_context()
@@ -132,6 +134,19 @@ class Forwarder:
     def record(self, record: RequestRecord) -> None:
         if self.on_request is not None:
             self.on_request(record)
+
+
+def local_authority(local_host: str, port: int) -> str:
+    """The ``Host`` of ``--host-header rewrite``: ``localhost:PORT`` for a loopback
+    address (every dev server's allow list has ``localhost``; Django's
+    ``ALLOWED_HOSTS = ["localhost"]`` has no ``127.0.0.1``), else ``HOST:PORT``."""
+    try:
+        loopback = ipaddress.ip_address(local_host).is_loopback
+    except ValueError:
+        loopback = local_host.lower() == "localhost"
+    if loopback:
+        return f"localhost:{port}"
+    return f"[{local_host}]:{port}" if ":" in local_host else f"{local_host}:{port}"
 
 
 # What the relay hears with a reset: fixed words, never an exception's text.

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import ClientConfig, host_problem, relay_problem
+from .config import ClientConfig, host_header_problem, host_problem, relay_problem
 from .protocol.errors import ConfigError
 from .protocol.parsers import Choice, Duration, FilePath, Size, Text
 from .protocol.settings import Origin, Resolution, Setting, Table
@@ -56,6 +56,16 @@ CLIENT = Table(
             parser=Text(check=host_problem),
             help="Host of the local server.",
             example="::1",
+        ),
+        Setting(
+            name="host_header",
+            parser=Text(check=host_header_problem),
+            metavar="rewrite|HOST",
+            help="Host header the local server gets: 'rewrite' sends its own address "
+            "(for apps that check Host: Jupyter, Django's ALLOWED_HOSTS, Vite), else this "
+            "value. X-Forwarded-Host keeps the public name.",
+            unset="the visitor's",
+            example="rewrite",
         ),
         Setting(
             name="token",
