@@ -419,9 +419,8 @@ class _Exchange:
                 f"the response head of {exc.size} bytes (encoded) is over the tunnel's "
                 f"limit of {exc.limit} bytes: send fewer or smaller headers (cookies?)",
             )
-        except LocalProtocolError as exc:
-            code = ResetCode.UPSTREAM_HEAD_TOO_LARGE if "exceed" in str(exc) else None
-            self._local_failed(code or ResetCode.UPSTREAM_ERROR, self._detail(exc))
+        except LocalProtocolError as exc:  # a head the tunnel cannot carry
+            self._local_failed(ResetCode.UPSTREAM_ERROR, self._detail(exc))
         except (StreamReset, SessionClosed):
             self._abort()  # the visitor left: the task is being cancelled
             self._wake()

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import httptools
 
-from .protocol.heads import HOP_BY_HOP, Headers, RequestHead
+from .protocol.heads import HOP_BY_HOP, MAX_HEADERS, Headers, RequestHead
 
 __all__ = [
     "LAST_CHUNK",
@@ -404,6 +404,8 @@ def _parse_fields(lines: Iterable[str]) -> Headers:
         if not _TOKEN.match(name):
             raise InvalidResponse(f"invalid response header name {_quote(name)}")
         fields.append((name, value.strip(" \t")))
+    if len(fields) > MAX_HEADERS:
+        raise HeadTooLargeError(f"the response head has {len(fields)} headers, over {MAX_HEADERS}")
     return tuple(fields)
 
 
