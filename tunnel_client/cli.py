@@ -96,13 +96,23 @@ def share(
         display.login = ("share", generated)
     failure = None
     try:
-        asyncio.run(_run(client, display))
+        with asyncio.Runner(loop_factory=event_loop) as runner:
+            runner.run(_run(client, display))
     except TunnelError as exc:  # refusals, an unreachable relay: one line, no traceback
         failure = str(exc)
     finally:
         display.close()  # every queued line out before the error line or the exit
     if failure is not None:
         _fail([failure], as_json)
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed, else asyncio's (see README, Performance)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _fail(problems: list[str], as_json: bool) -> NoReturn:
