@@ -17,10 +17,14 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from relay_server.tls import self_signed_context
 from tests.processes import Origin
 from tests.protocol.helpers import MemoryTransport
 from tests.raworigin import RawOrigin, raw_origin
@@ -56,7 +60,7 @@ class Link:
 
 
 @contextlib.asynccontextmanager
-async def link(port: int, **options: str) -> AsyncIterator[Link]:
+async def link(port: int, **options: Any) -> AsyncIterator[Link]:
     records: list[RequestRecord] = []
     a, b = MemoryTransport.pair()
     async with Forwarder("127.0.0.1", port, on_request=records.append, **options) as forwarder:
@@ -384,3 +388,38 @@ async def test_a_refused_upgrade_passes_whole(raw: RawOrigin) -> None:
     assert sent.values(b"Sec-WebSocket-Key") == [b"dGhlIHNhbXBsZSBub25jZQ=="]
     assert sent.values(b"Upgrade") == [b"websocket"]
     assert sent.values(b"Connection") == [b"Upgrade"]
+
+
+# -- a local server that speaks TLS ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    server_context, cert = self_signed_context("localhost", tmp_path)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecret")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+    try:
+        yield server.sockets[0].getsockname()[1], cert
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_https_to_the_local_server(tmp_path: Path) -> None:
+    async with tls_server(tmp_path) as (port, cert):
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with link(port, scheme="https", ssl_context=trusted) as t:
+            response, body, _ = await t.exchange(get("/"))
+        assert (response.status, body) == (200, b"secret")
+        async with link(port, scheme="https") as t:  # the system's CAs: not trusted
+            stream = t.relay.open_stream(get("/"), end_stream=True)
+            with pytest.raises(StreamReset) as reset:
+                await asyncio.wait_for(stream.response(), 10)
+        assert reset.value.code is ResetCode.UPSTREAM_ERROR
+        assert "TLS" in (t.records[0].error or ""), t.records
