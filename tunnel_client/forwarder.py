@@ -479,7 +479,9 @@ class _Exchange:
             self._upgraded = True
             self._wake()
             return
-        reply = ResponseHead(status, tuple(strip_hop_by_hop(headers)))
+        if self.reader.hop_by_hop:
+            headers = tuple(strip_hop_by_hop(headers))
+        reply = ResponseHead(status, headers)
         ended = self.reader.done
         stream.reply(reply, end_stream=ended)
         self.status = status

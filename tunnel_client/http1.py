@@ -182,6 +182,7 @@ class ResponseReader:
         "_version_10",
         "done",
         "head_done",
+        "hop_by_hop",
         "rest",
         "reusable",
         "status",
@@ -198,6 +199,8 @@ class ResponseReader:
         self._version_10 = False
         self.status = 0
         self.head_done = False
+        self.hop_by_hop = False
+        """The head has hop-by-hop headers (to strip before it is passed on)."""
         self.done = False
         self.reusable = False
         self.rest = b""
@@ -327,8 +330,11 @@ class ResponseReader:
         keep_alive = not self._version_10
         transfer_coding = None
         lengths = []
+        hop = False
         for name, value in headers:
             lower = name.lower()
+            if lower in HOP_BY_HOP:
+                hop = True
             if lower == "connection":
                 tokens = {t.strip().lower() for t in value.split(",")}
                 if "close" in tokens:
@@ -340,6 +346,7 @@ class ResponseReader:
             elif lower == "content-length":
                 lengths.append(value.strip())
         self.reusable = keep_alive
+        self.hop_by_hop = hop
         if status == 101:
             if not self._upgrade:
                 raise InvalidResponse("101 Switching Protocols to a request that asked for none")
