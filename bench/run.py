@@ -445,7 +445,7 @@ def log(text: str) -> None:
 def product_env(args: argparse.Namespace, role: str, stamp: str) -> dict[str, str]:
     """Environment for the relay/client: the hooks first on the path (see hooks/)."""
     env = {"PYTHONPATH": os.pathsep.join([str(HOOKS), str(ROOT)])}
-    if args.asyncio:
+    if (args.asyncio and role != "client") or (args.client_loop == "asyncio" and role != "relay"):
         env["BENCH_ASYNCIO"] = "1"
     if args.cprofile:
         env["BENCH_CPROFILE"] = str(RESULTS / f"{stamp}-{role}")
@@ -710,6 +710,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the relay on asyncio's own loop, not uvloop (to compare)",
     )
     parser.add_argument(
+        "--client-loop",
+        choices=("default", "asyncio"),
+        default="default",
+        help="asyncio: hide uvloop from the client (to compare; default: what it picks)",
+    )
+    parser.add_argument(
         "--quiet-client", action="store_true", help="tunnel --quiet (no per-request lines)"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy relay and client @64")
@@ -765,7 +771,8 @@ def main(argv: list[str] | None = None) -> None:
         f"load generator: {generator}"
         + (" (wrk -t1, keep-alive)" if generator == "wrk" else " (Python aiohttp, slower)"),
         f"runs per case: {args.repeat} (medians), {args.duration:g} s per req/s run; "
-        f"relay on {'asyncio' if args.asyncio else 'uvloop'}, client on asyncio; "
+        f"relay on {'asyncio' if args.asyncio else 'uvloop'}, client on "
+        f"{'asyncio' if args.client_loop == 'asyncio' else 'its default loop'}; "
         f"client {'--quiet' if args.quiet_client else 'logs every request (--json)'}",
         f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
         f"on {os.cpu_count()} cores; wall time {time.perf_counter() - started:.0f} s",

@@ -113,7 +113,8 @@ def share(
     display.protected = client.visitor_auth is not None
     failure = None
     try:
-        asyncio.run(_run(client, display))
+        with asyncio.Runner(loop_factory=event_loop) as runner:
+            runner.run(_run(client, display))
     except TunnelError as exc:  # refusals, an unreachable relay: one line, no traceback
         failure = str(exc)
     finally:
@@ -144,6 +145,15 @@ def _setup_logging(level: Resolved, as_json: bool) -> None:
         )
     else:
         logging.basicConfig(level="ERROR", stream=sys.stderr, format="tunnel: %(message)s")
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed, else asyncio's (see README, Performance)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _fail(problems: list[str], as_json: bool, code: int = 1) -> NoReturn:

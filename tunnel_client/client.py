@@ -148,6 +148,17 @@ EXPIRY_WARNINGS_S = (3600.0, 300.0)
 """Say the link is about to expire this long before it does (those still ahead at start)."""
 
 
+def local_ssl_context(config: ClientConfig) -> ssl.SSLContext | None:
+    """TLS for an https:// local server; ``--local-insecure`` accepts any certificate."""
+    if config.local_scheme != "https":
+        return None
+    context = ssl.create_default_context()
+    if config.local_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def backoff_delay(attempt: int, *, cap_s: float) -> float:
     """0.25 s, 0.4 s, 0.65 s ... growing by the golden ratio up to ``cap_s``, with jitter."""
     base = min(cap_s, 0.25 * 1.618 ** (attempt - 1))
@@ -262,8 +273,9 @@ class TunnelClient:
                     config.local_host,
                     config.port,
                     scheme=config.local_scheme,
-                    insecure=config.local_insecure,
+                    ssl_context=local_ssl_context(config),
                     on_request=self.on_event,
+                    host_header=config.host_header,
                 )
             )
             listening = await local_port_open(config.local_host, config.port)

@@ -18,6 +18,7 @@ from .protocol.window import MAX_WINDOW, MIN_WINDOW
 __all__ = [
     "ClientConfig",
     "LocalTarget",
+    "host_header_problem",
     "host_problem",
     "parse_local_target",
     "relay_problem",
@@ -96,6 +97,13 @@ def _port(port: int, text: str) -> int:
     return port
 
 
+def host_header_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as ``Host`` (``rewrite`` aside), or None."""
+    if not value or any(c.isspace() or not c.isprintable() for c in value) or "/" in value:
+        return f"host header {value!r} is not a host (with an optional :port) or 'rewrite'"
+    return None
+
+
 def relay_problem(relay: str) -> str | None:
     """Why ``relay`` is not a relay URL, or None."""
     try:
@@ -158,6 +166,9 @@ class ClientConfig:
     connect_timeout_s: float = 10.0
     response_timeout_s: float | None = None
     """(embedded relay) time the local server has to start a response."""
+    host_header: str | None = None
+    """``Host`` for the local server: None passes the visitor's, ``rewrite`` sends the
+    local server's address, anything else is sent as is."""
     reconnect_max_delay_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -171,6 +182,8 @@ class ClientConfig:
             problems.append(problem)
         if self.local_scheme not in ("http", "https"):
             problems.append(f"local scheme must be http or https, not {self.local_scheme!r}")
+        if self.host_header is not None and (problem := host_header_problem(self.host_header)):
+            problems.append(problem)
         if not MIN_WINDOW <= self.stream_window <= MAX_WINDOW:
             problems.append(f"stream window must be in {MIN_WINDOW}..{MAX_WINDOW} bytes")
         if self.ca_file is not None and not self.ca_file.is_file():

@@ -13,7 +13,14 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import ClientConfig, LocalTarget, host_problem, parse_local_target, relay_problem
+from .config import (
+    ClientConfig,
+    LocalTarget,
+    host_header_problem,
+    host_problem,
+    parse_local_target,
+    relay_problem,
+)
 from .protocol.errors import ConfigError
 from .protocol.parsers import Choice, Duration, FilePath, Flag, Many, Size, Text
 from .protocol.settings import Origin, Resolution, Setting, Table
@@ -63,6 +70,16 @@ CLIENT = Table(
             parser=Flag(),
             help="Accept any certificate from an https:// local server (a self-signed one).",
             example="true",
+        ),
+        Setting(
+            name="host_header",
+            parser=Text(check=host_header_problem),
+            metavar="rewrite|HOST",
+            help="Host header the local server gets: 'rewrite' sends its own address "
+            "(for apps that check Host: Jupyter, Django's ALLOWED_HOSTS, Vite), else this "
+            "value. X-Forwarded-Host keeps the public name.",
+            unset="the visitor's",
+            example="rewrite",
         ),
         Setting(
             name="token",

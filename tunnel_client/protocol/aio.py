@@ -30,10 +30,12 @@ on another session and pumping both ways, stream to stream: how one relay node h
 a visitor's request to the node that holds the link. Both streams keep their windows,
 so the splice buffers at most a window per direction.
 
-:func:`bridge_websocket` joins an upgraded stream to a real WebSocket, message by
-message. Both sides use it: the relay with the visitor's WebSocket, the client with the
-local server's. It is written against :class:`WebSocketEnd`, which aiohttp's server
-and client WebSockets both satisfy, so this module still imports no WebSocket library.
+:func:`bridge_codec` joins an upgraded stream to a WebSocket spoken on a raw byte
+connection (a :class:`ByteChannel`) through the sans-I/O :class:`~.wsframes.WebSocketCodec`,
+message by message: the client with the local server's connection (``mask=True``), the
+relay with the visitor's (``mask=False``). :func:`bridge_websocket` does the same with a
+WebSocket object of a library (:class:`WebSocketEnd`, which aiohttp's server and client
+WebSockets both satisfy), so this module still imports no WebSocket library.
 """
 
 from __future__ import annotations
@@ -70,16 +72,19 @@ from .events import (
 )
 from .heads import RequestHead, ResponseHead
 from .mux import Bytes, Mux
+from .wsframes import Message, WebSocketCodec
 
 __all__ = [
     "HIGH_WATER_BYTES",
     "WS_CLOSE_GRACE_S",
+    "ByteChannel",
     "MessageTransport",
     "Session",
     "Stream",
     "WebSocketClosed",
     "WebSocketEnd",
     "WebSocketMessage",
+    "bridge_codec",
     "bridge_websocket",
     "splice",
 ]
@@ -170,6 +175,11 @@ class Stream:
         return bool(self._chunks)
 
     @property
+    def peer_ended(self) -> bool:
+        """True once the peer's whole body is here: :meth:`read` no longer waits."""
+        return self._eof
+
+    @property
     def error(self) -> StreamReset | SessionClosed | None:
         """Why the stream ended abnormally, if it did."""
         return self._error or self._write_error
@@ -242,6 +252,32 @@ class Stream:
                 break
             await self._await_credit()
         await self._session.wait_writable()
+
+    def write_nowait(self, data: Bytes, *, end: bool = False) -> int:
+        """Send as much of ``data`` as credit allows now, without waiting; return how much.
+
+        For callbacks that cannot await (a protocol's ``data_received``): what was not
+        taken must be sent later with :meth:`write`. Nothing is taken while the session
+        has more than :data:`HIGH_WATER_BYTES` queued for its transport. With ``end``,
+        the stream ends with the last byte (in the same frame) once every byte was taken.
+        """
+        self._check_usable()
+        session = self._session
+        if data and session.congested:
+            return 0
+        mux = self._mux
+        view = memoryview(data) if len(data) > mux.max_frame else data
+        taken = 0
+        while True:
+            n = mux.send_data(self.id, view[taken:] if taken else view, end_stream=end)
+            taken += n
+            if n == 0 or taken == len(data):
+                break
+        if taken or end:
+            session.flush()
+            if end and taken == len(data):
+                session.forget_if_done(self.id)
+        return taken
 
     async def end(self) -> None:
         """End our direction of the stream (FIN)."""
@@ -455,6 +491,11 @@ class Session:
     def flush(self) -> None:
         """Wake the write loop."""
         self._wake.set()
+
+    @property
+    def congested(self) -> bool:
+        """True while more than :data:`HIGH_WATER_BYTES` wait for the transport."""
+        return self.mux.pending_bytes + self._in_flight > HIGH_WATER_BYTES
 
     async def wait_writable(self) -> None:
         """Wait while too many bytes are queued for the transport."""
@@ -847,3 +888,101 @@ async def splice(inbound: Stream, session: Session, head: RequestHead | None = N
             # while the request body was still coming: the far side stops either way.
             lost = ResetCode.CANCEL
             outbound.reset(*_reset_args(inbound.error, lost, "the request was withdrawn"))
+
+
+class ByteChannel(Protocol):
+    """A byte connection that carries a WebSocket after its opening handshake."""
+
+    async def read(self) -> bytes:
+        """The next bytes from the peer; ``b""`` once the connection closed."""
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the peer."""
+
+    async def drain(self) -> None:
+        """Wait while too much is queued for the peer (it reads slower than we write)."""
+
+    def close(self) -> None:
+        """Close the connection once what was written is out; must not raise."""
+
+
+ABNORMAL_CLOSURE = 1006
+"""The close code (never sent in a frame, RFC 6455 §7.4.1) for a connection that ended
+without a closing handshake: a bridge passes it on the stream when its peer vanished,
+and sends its ``abort_code`` for it when it comes from the stream."""
+
+
+async def bridge_codec(
+    stream: Stream,
+    codec: WebSocketCodec,
+    channel: ByteChannel,
+    *,
+    abort_code: int = 1011,
+    abort_reason: str = "tunnel stream ended",
+    grace_s: float = WS_CLOSE_GRACE_S,
+) -> None:
+    """Relay messages between an upgraded stream and a WebSocket on ``channel``, both ways.
+
+    ``codec`` frames for the channel's side of the connection: ``mask=True`` where this
+    side is the connection's client (the client, facing the local server), ``mask=False``
+    where it is the server (the relay, facing the visitor). Bytes that arrived with the
+    opening handshake go to ``codec.receive_data`` before the call.
+
+    Text stays text and binary stays binary; a close code and its reason pass on to the
+    other end, and the codec answers PINGs. Once one direction ended with a close, the
+    other has ``grace_s`` to send its own close back, then both stop. A peer whose
+    connection ends without a close is passed on as 1006; a 1006 from the stream (the
+    far peer vanished), a reset, a lost session or a cancellation close the channel's
+    WebSocket with ``abort_code``: 1001 (going away) for a client end, 1011 for a server
+    end. Returns normally in every case (but when cancelled); the channel is closed.
+    """
+
+    def send_out() -> None:
+        if out := codec.data_to_send():
+            channel.write(out)
+
+    async def channel_to_stream() -> None:
+        while data := await channel.read():
+            codec.receive_data(data)
+            send_out()  # PONGs, and the CLOSE a broken rule earns
+            for event in codec.events_received():
+                if isinstance(event, Message):
+                    await stream.send_message(event.data, text=event.text)
+                elif stream.writable:
+                    stream.send_close(event.code, event.reason)
+                    return
+                else:
+                    return
+        if stream.writable:
+            stream.send_close(ABNORMAL_CLOSURE, "the connection closed without a close")
+
+    async def stream_to_channel() -> None:
+        while True:
+            item = await stream.receive_message()
+            if isinstance(item, WebSocketClosed):
+                if item.code == ABNORMAL_CLOSURE:
+                    codec.send_close(abort_code, abort_reason)
+                else:
+                    codec.send_close(item.code, item.reason)
+                send_out()
+                return
+            codec.send_message(item.data, text=item.text)
+            send_out()
+            await channel.drain()
+
+    directions = {
+        asyncio.create_task(channel_to_stream()),
+        asyncio.create_task(stream_to_channel()),
+    }
+    try:
+        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+        if pending and all(not t.cancelled() and t.exception() is None for t in done):
+            await asyncio.wait(pending, timeout=grace_s)
+    finally:
+        for task in directions:
+            task.cancel()
+        await asyncio.gather(*directions, return_exceptions=True)
+        if not codec.close_sent:
+            codec.send_close(abort_code, abort_reason)
+            send_out()
+        channel.close()
