@@ -19,7 +19,7 @@ import click
 from .config import ClientConfig
 from .display import HumanDisplay, JsonDisplay
 from .protocol.errors import ConfigError, TunnelError
-from .protocol.settings import Setting, option_spec, resolve
+from .protocol.settings import option_specs, resolve
 from .settings import CLIENT, client_config
 
 __all__ = ["main"]
@@ -46,7 +46,11 @@ def _options(command: _F) -> _F:
             help="Client TOML file (default: $XDG_CONFIG_HOME/sharetunnel/client.toml); its "
             f"keys are the setting names.  [env: {CLIENT.config_env_var}]",
         ),
-        *(click.option(*decls, **kwargs) for decls, kwargs in map(_option_spec, CLIENT)),
+        *(
+            click.option(*decls, **kwargs)
+            for setting in CLIENT
+            for decls, kwargs in option_specs(CLIENT, setting)
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line."),
         click.option("--quiet", "-q", is_flag=True, help="Do not print a line per request."),
         click.option(
@@ -58,10 +62,6 @@ def _options(command: _F) -> _F:
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def _option_spec(setting: Setting) -> tuple[list[str], dict[str, Any]]:
-    return option_spec(CLIENT, setting)
 
 
 @click.group(cls=_DefaultToShare, context_settings={"help_option_names": ["-h", "--help"]})
