@@ -22,6 +22,7 @@ from yarl import URL
 from .protocol.aio import Stream, WebSocketClosed
 from .protocol.errors import ResetCode, SessionClosed, StreamReset
 from .protocol.heads import RequestHead, ResponseHead, strip_hop_by_hop
+from .tap import Exchange, Tap
 
 __all__ = ["Forwarder", "RequestRecord"]
 
@@ -66,6 +67,7 @@ class Forwarder:
         port: int,
         *,
         on_request: Callable[[RequestRecord], None] | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self.local_host = local_host
         self.port = port
@@ -73,6 +75,8 @@ class Forwarder:
         self.base = f"http://{host}:{port}"
         self.label = f"{host}:{port}"
         self.on_request = on_request
+        self.tap = tap
+        """Told about every exchange (tunnel_client.tap), e.g. the request inspector."""
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Forwarder:
@@ -93,8 +97,17 @@ class Forwarder:
             await self._http.close()
 
     def _record(
-        self, head: RequestHead, status: int, started: float, sent: int, error: str | None = None
+        self,
+        head: RequestHead,
+        status: int,
+        started: float,
+        sent: int,
+        error: str | None = None,
+        *,
+        exchange: Exchange | None,
     ) -> None:
+        if exchange is not None:
+            exchange.finished(status, error)
         if self.on_request is not None:
             path = head.target if len(head.target) <= 200 else head.target[:197] + "..."
             self.on_request(
@@ -109,12 +122,13 @@ class Forwarder:
         if head.target == "*":
             stream.reset(ResetCode.PROTOCOL_ERROR, "OPTIONS * is not forwarded")
             return
+        exchange = self.tap.request(head) if self.tap is not None else None
         if head.websocket:
-            await self._serve_websocket(stream, head, started)
+            await self._serve_websocket(stream, head, started, exchange)
             return
         url = URL(self.base + head.target, encoded=True)
         headers = CIMultiDict(head.headers)
-        body = None if stream._eof and not stream._chunks else _body(stream)
+        body = None if stream._eof and not stream._chunks else _body(stream, exchange)
         status, sent = 0, 0
         try:
             async with self._http.request(
@@ -128,33 +142,39 @@ class Forwarder:
                 expect100=False,
             ) as response:
                 status = response.status
-                reply_headers = tuple(strip_hop_by_hop(response.headers.items()))
+                reply = ResponseHead(status, tuple(strip_hop_by_hop(response.headers.items())))
                 no_body = head.method == "HEAD" or status in (204, 304)
-                stream.reply(ResponseHead(status, reply_headers), end_stream=no_body)
+                stream.reply(reply, end_stream=no_body)
+                if exchange is not None:
+                    exchange.response(reply)
                 if not no_body:
                     async for chunk in response.content.iter_any():
                         sent += len(chunk)
+                        if exchange is not None:
+                            exchange.response_body(chunk)
                         await stream.write(chunk)
                     await stream.end()
         except aiohttp.ClientConnectorError as exc:
             reason = f"nothing accepted the connection on {self.label} ({_why(exc)})"
             stream.reset(ResetCode.UPSTREAM_UNAVAILABLE, reason)
-            self._record(head, 502, started, sent, reason)
+            self._record(head, 502, started, sent, reason, exchange=exchange)
             return
         except (StreamReset, SessionClosed):
-            self._record(head, status or 499, started, sent, "visitor went away")
+            self._record(head, status or 499, started, sent, "visitor went away", exchange=exchange)
             return
         except asyncio.CancelledError:
-            self._record(head, status or 499, started, sent, "visitor went away")
+            self._record(head, status or 499, started, sent, "visitor went away", exchange=exchange)
             raise
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             reason = f"the local server at {self.label} failed: {_why(exc)}"
             stream.reset(ResetCode.UPSTREAM_ERROR, reason)
-            self._record(head, 502, started, sent, reason)
+            self._record(head, 502, started, sent, reason, exchange=exchange)
             return
-        self._record(head, status, started, sent)
+        self._record(head, status, started, sent, exchange=exchange)
 
-    async def _serve_websocket(self, stream: Stream, head: RequestHead, started: float) -> None:
+    async def _serve_websocket(
+        self, stream: Stream, head: RequestHead, started: float, exchange: Exchange | None
+    ) -> None:
         assert self._http is not None
         url = URL(self.base + head.target, encoded=True)
         offered = head.header("Sec-WebSocket-Protocol") or ""
@@ -175,22 +195,28 @@ class Forwarder:
         except aiohttp.WSServerHandshakeError as exc:
             # The local server declined the upgrade: pass its status on.
             status = exc.status if 200 <= exc.status <= 599 else 502
-            stream.reply(ResponseHead(status, (("Content-Length", "0"),)), end_stream=True)
-            self._record(head, status, started, 0)
+            refusal = ResponseHead(status, (("Content-Length", "0"),))
+            stream.reply(refusal, end_stream=True)
+            if exchange is not None:
+                exchange.response(refusal)
+            self._record(head, status, started, 0, exchange=exchange)
             return
         except aiohttp.ClientConnectorError as exc:
             reason = f"nothing accepted the connection on {self.label} ({_why(exc)})"
             stream.reset(ResetCode.UPSTREAM_UNAVAILABLE, reason)
-            self._record(head, 502, started, 0, reason)
+            self._record(head, 502, started, 0, reason, exchange=exchange)
             return
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = f"the local server at {self.label} failed: {_why(exc)}"
             stream.reset(ResetCode.UPSTREAM_ERROR, reason)
-            self._record(head, 502, started, 0, reason)
+            self._record(head, 502, started, 0, reason, exchange=exchange)
             return
-        reply = (("Sec-WebSocket-Protocol", ws.protocol),) if ws.protocol else ()
-        stream.reply(ResponseHead(101, reply))
-        self._record(head, 101, started, 0)
+        protocol = (("Sec-WebSocket-Protocol", ws.protocol),) if ws.protocol else ()
+        upgraded = ResponseHead(101, protocol)
+        stream.reply(upgraded)
+        if exchange is not None:
+            exchange.response(upgraded)
+        self._record(head, 101, started, 0, exchange=exchange)
         async with ws:
             await _relay_websocket(stream, ws)
 
@@ -231,8 +257,10 @@ async def _relay_websocket(stream: Stream, ws: aiohttp.ClientWebSocketResponse) 
         await asyncio.gather(up, down, return_exceptions=True)
 
 
-async def _body(stream: Stream) -> AsyncIterator[bytes]:
+async def _body(stream: Stream, exchange: Exchange | None) -> AsyncIterator[bytes]:
     while chunk := await stream.read():
+        if exchange is not None:
+            exchange.request_body(chunk)
         yield chunk
 
 
