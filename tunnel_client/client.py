@@ -62,6 +62,8 @@ class Ready:
     """The link answers visitors."""
 
     link: Link
+    inspect_url: str | None = None
+    """The request inspector's page, when one runs."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class TunnelClient:
         self._session: Session | None = None
         self._secret = secrets.token_urlsafe(32)
         self._local_status: LocalStatus | None = None
+        self.inspect_url: str | None = None
+        """The request inspector's page, once it runs (``config.inspect``)."""
 
     async def wait_ready(self) -> Link:
         """The link, once the relay gave it; raises what made the first connect fail."""
@@ -174,8 +178,14 @@ class TunnelClient:
             else:
                 assert config.relay is not None
                 target = RelayTarget(relay_ws_url(config.relay), config.ca_file)
+            tap = None
+            if config.inspect is not None:
+                from .inspector import Inspector  # its web server is loaded only when used
+
+                inspector = await stack.enter_async_context(Inspector.for_config(config))
+                self.inspect_url, tap = inspector.url, inspector.capture
             forwarder = await stack.enter_async_context(
-                Forwarder(config.local_host, config.port, on_request=self.on_event)
+                Forwarder(config.local_host, config.port, on_request=self.on_event, tap=tap)
             )
             listening = await local_port_open(config.local_host, config.port)
             self._local_status = LocalStatus(listening, config.local_label)
@@ -239,7 +249,7 @@ class TunnelClient:
             if self.link is None:
                 self.link = link
                 self._ready.set_result(link)
-                self.on_event(Ready(link))  # always the first event a user sees
+                self.on_event(Ready(link, self.inspect_url))  # always the first event a user sees
                 if self._local_status is not None:
                     self.on_event(self._local_status)
             else:

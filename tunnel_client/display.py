@@ -85,8 +85,8 @@ class HumanDisplay:
 
     def __call__(self, event: ClientEvent) -> None:
         match event:
-            case Ready(link=link):
-                self._ready(link)
+            case Ready(link=link, inspect_url=inspect_url):
+                self._ready(link, inspect_url)
             case LocalStatus(listening=False, target=target):
                 self._print(
                     f"warning: nothing is listening on {target} yet; visitors get a "
@@ -110,7 +110,7 @@ class HumanDisplay:
             case Closed():
                 self._print("link closed", to_err=True)
 
-    def _ready(self, link: Link) -> None:
+    def _ready(self, link: Link, inspect_url: str | None) -> None:
         self._print(f"Forwarding  {link.url}  ->  http://{self.target}")
         self._print(f"Expires     {_human_time(link.expires_at)}")
         if self.login is not None:
@@ -119,6 +119,8 @@ class HumanDisplay:
             self._print(LOCAL_ONLY_HINT)
         if self.qr:
             self._print(qr_text(link.url))
+        if inspect_url is not None:
+            self._print(f"Inspect     {inspect_url}")
         if not self.quiet:
             self._print("Requests:")
 
@@ -153,10 +155,11 @@ class JsonDisplay:
 
     def __call__(self, event: ClientEvent) -> None:
         match event:
-            case Ready(link=link):
+            case Ready(link=link, inspect_url=inspect_url):
                 login: dict[str, Any] = (
                     {"user": self.login[0], "password": self.login[1]} if self.login else {}
                 )
+                inspect: dict[str, Any] = {} if inspect_url is None else {"inspect": inspect_url}
                 self.emit(
                     "ready",
                     url=link.url,
@@ -164,6 +167,7 @@ class JsonDisplay:
                     local=f"http://{self.target}",
                     local_only=link.local_only,
                     **login,
+                    **inspect,
                 )
             case LocalStatus(listening=listening, target=target):
                 self.emit("local", listening=listening, target=target)
