@@ -10,6 +10,13 @@ address) is worked out when asked for, in :mod:`.render`.
 Memory is bounded twice: at most ``capacity`` requests (the oldest are forgotten), and
 at most ``budget`` bytes of captured bodies in all (the oldest bodies are dropped first,
 their request stays listed). Neither depends on how big or how many the bodies are.
+
+An entry keeps the parts of the heads (strings, and headers as tuples of string pairs),
+not the head objects. Kept for 500 requests, objects the cyclic garbage collector tracks
+reach its oldest generation and make its full collections more frequent (each one
+walks the whole heap: tens of milliseconds for every request in flight); tuples of
+strings it stops tracking at their first collection, and bytes and bytearrays it never
+tracks. So each request leaves one tracked object behind, the entry itself.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from ..protocol.heads import RequestHead, ResponseHead
+from ..protocol.heads import Headers, RequestHead, ResponseHead
 
 __all__ = ["CAPACITY", "Capture", "Entry"]
 
@@ -41,16 +48,20 @@ class Entry:
         "duration_s",
         "error",
         "id",
+        "method",
         "replay_of",
         "request_captured",
-        "request_head",
+        "request_headers",
         "request_size",
         "response_captured",
-        "response_head",
+        "response_headers",
         "response_size",
+        "response_status",
         "started_at",
         "status",
+        "target",
         "version",
+        "websocket",
     )
 
     def __init__(
@@ -58,12 +69,17 @@ class Entry:
     ) -> None:
         self._capture = capture
         self.id = entry_id
-        self.request_head = head
+        self.method = head.method
+        self.target = head.target
+        self.websocket = head.websocket
+        self.request_headers = head.headers
         self.replay_of = replay_of
         """The id of the request this one replays, or None for a visitor's request."""
         self.started_at = time.time()
         self._t0 = time.monotonic()
-        self.response_head: ResponseHead | None = None
+        self.response_status: int | None = None
+        """The local server's status, once its response head passed (None before)."""
+        self.response_headers: Headers = ()
         self.status: int | None = None
         """The status the visitor saw, once finished."""
         self.error: str | None = None
@@ -90,7 +106,8 @@ class Entry:
             self._capture.captured_bytes += len(piece)
 
     def response(self, head: ResponseHead) -> None:
-        self.response_head = head
+        self.response_status = head.status
+        self.response_headers = head.headers
         self._capture.touch(self)
 
     def response_body(self, chunk: bytes) -> None:
@@ -118,8 +135,8 @@ class Entry:
     def drop_bodies(self) -> int:
         """Forget the captured bodies (and capture no more); the bytes freed."""
         freed = len(self.request_captured) + len(self.response_captured)
-        self.request_captured = bytearray()
-        self.response_captured = bytearray()
+        self.request_captured.clear()
+        self.response_captured.clear()
         self._request_room = self._response_room = 0
         self.dropped = True
         return freed

@@ -33,26 +33,24 @@ def visitor(entry: Entry) -> str | None:
     """The visitor's address: the first ``X-Forwarded-For`` entry the relay set."""
     if entry.replay_of is not None:
         return "replay"
-    forwarded = _header(entry.request_head.headers, "x-forwarded-for")
+    forwarded = _header(entry.request_headers, "x-forwarded-for")
     return forwarded.split(",", 1)[0].strip() if forwarded else None
 
 
 def summary(entry: Entry) -> dict[str, Any]:
     """One row of the list."""
-    head = entry.request_head
-    response = entry.response_head
     return {
         "id": entry.id,
         "started_at": round(entry.started_at, 3),
-        "method": head.method,
-        "path": head.target,
-        "status": entry.status if entry.status is not None else response and response.status,
+        "method": entry.method,
+        "path": entry.target,
+        "status": entry.response_status if entry.status is None else entry.status,
         "done": entry.done,
         "duration_ms": None if entry.duration_s is None else round(entry.duration_s * 1000, 2),
         "request_bytes": entry.request_size,
         "response_bytes": entry.response_size,
         "visitor": visitor(entry),
-        "websocket": head.websocket,
+        "websocket": entry.websocket,
         "replay_of": entry.replay_of,
         "error": entry.error,
     }
@@ -60,27 +58,24 @@ def summary(entry: Entry) -> dict[str, Any]:
 
 def full(entry: Entry) -> dict[str, Any]:
     """Everything about one entry: the summary, both heads and both captured bodies."""
-    head = entry.request_head
     record = summary(entry)
+    headers = entry.request_headers
     record["request"] = {
-        "method": head.method,
-        "target": head.target,
-        "headers": [list(pair) for pair in head.headers],
+        "method": entry.method,
+        "target": entry.target,
+        "headers": [list(pair) for pair in headers],
         "body": describe_body(
-            bytes(entry.request_captured), entry.request_size, head.headers, entry.dropped
+            bytes(entry.request_captured), entry.request_size, headers, entry.dropped
         ),
     }
-    response = entry.response_head
     record["response"] = None
-    if response is not None:
+    if entry.response_status is not None:
+        headers = entry.response_headers
         record["response"] = {
-            "status": response.status,
-            "headers": [list(pair) for pair in response.headers],
+            "status": entry.response_status,
+            "headers": [list(pair) for pair in headers],
             "body": describe_body(
-                bytes(entry.response_captured),
-                entry.response_size,
-                response.headers,
-                entry.dropped,
+                bytes(entry.response_captured), entry.response_size, headers, entry.dropped
             ),
         }
     return record

@@ -384,16 +384,15 @@ def _replayed(
     original: Entry, overrides: dict[str, Any], body_limit: int
 ) -> tuple[RequestHead, bytes]:
     """The head and body of a replay of ``original`` with ``overrides``."""
-    head = original.request_head
-    if head.websocket:
+    if original.websocket:
         raise _BadRequest("WebSocket upgrades are not replayed")
-    method = overrides.get("method", head.method)
-    path = overrides.get("path", head.target)
+    method = overrides.get("method", original.method)
+    path = overrides.get("path", original.target)
     if not isinstance(method, str) or not isinstance(path, str):
         raise _BadRequest("method and path must be text")
     if not path.startswith("/"):
         raise _BadRequest(f"path {path!r} must start with / (replays go to the local server)")
-    headers = _headers(overrides["headers"]) if "headers" in overrides else head.headers
+    headers = _headers(overrides["headers"]) if "headers" in overrides else original.request_headers
     body = _body(overrides)
     framing = ("content-length", "transfer-encoding")
     if body is None:
