@@ -100,8 +100,13 @@ def listen_socket(at: InspectAt) -> socket.socket:
         raise InspectorUnavailable(f"cannot resolve the inspector host {at.host}: {exc}") from None
     failure: OSError | None = None
     for port in ports:
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            failure = exc
+            break
+        try:
+            # Not SO_REUSEPORT: a port another process listens on must stay taken.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address[0], port))
         except OSError as exc:
