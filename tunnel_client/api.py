@@ -12,6 +12,7 @@ config file, then the defaults.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -40,6 +41,8 @@ def build_config(
     ca_file: str | Path | None = None,
     stream_window: int | str | None = None,
     response_timeout: float | str | None = None,
+    inspect: bool | int | str | None = None,
+    inspect_body_limit: int | str | None = None,
     use_environment: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> ClientConfig:
@@ -52,6 +55,10 @@ def build_config(
     as text (``"2h"``), sizes in bytes or as text (``"1MiB"``), ``relay`` one URL or several (a
     list, or text with commas). ``environ`` replaces ``os.environ`` (it names the config
     file too); ``use_environment=False`` reads neither variables nor a file.
+
+    One default differs from the command line's: no request inspector unless
+    ``inspect`` (True, a port or ``"host:port"``), ``TUNNEL_INSPECT`` or the file asks
+    for one, since a library rarely wants a port opened.
 
     Raises:
         ConfigError: every bad value, each named by where it came from.
@@ -68,11 +75,15 @@ def build_config(
         "ca_file": ca_file,
         "stream_window": stream_window,
         "response_timeout": response_timeout,
+        "inspect": inspect,
+        "inspect_body_limit": inspect_body_limit,
     }
     resolution = resolve(
         CLIENT, arguments, origin=Origin.ARGUMENT, environ=environ if use_environment else {}
     )
     config, _ = client_config(resolution, target)
+    if resolution.values["inspect"].source.origin is Origin.DEFAULT:
+        config = dataclasses.replace(config, inspect=None)
     return config
 
 
@@ -105,6 +116,11 @@ class AsyncShare:
         if self.link is None:
             raise RuntimeError("the share has not started")
         return datetime.datetime.fromtimestamp(self.link.expires_at, datetime.UTC)
+
+    @property
+    def inspect_url(self) -> str | None:
+        """The request inspector's page (``inspect=True``), or None."""
+        return None if self._client is None else self._client.inspect_url
 
     async def start(self) -> AsyncShare:
         """Connect and wait for the link; raises why it could not be made."""
@@ -192,6 +208,11 @@ class Share:
     def expires_at(self) -> datetime.datetime:
         """When the link expires (UTC)."""
         return self._async.expires_at
+
+    @property
+    def inspect_url(self) -> str | None:
+        """The request inspector's page (``inspect=True``), or None."""
+        return self._async.inspect_url
 
     @property
     def alive(self) -> bool:

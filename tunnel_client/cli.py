@@ -19,7 +19,7 @@ import click
 from .config import ClientConfig, LocalTarget, parse_local_target
 from .display import HumanDisplay, JsonDisplay
 from .protocol.errors import ConfigError, TunnelError
-from .protocol.settings import Origin, Resolved, Setting, option_spec, resolve
+from .protocol.settings import Origin, Resolved, option_specs, resolve
 from .protocol.version import package_version
 from .settings import CLIENT, client_config
 
@@ -47,7 +47,11 @@ def _options(command: _F) -> _F:
             help="Client TOML file (default: $XDG_CONFIG_HOME/sharetunnel/client.toml); its "
             f"keys are the setting names.  [env: {CLIENT.config_env_var}]",
         ),
-        *(click.option(*decls, **kwargs) for decls, kwargs in map(_option_spec, CLIENT)),
+        *(
+            click.option(*decls, **kwargs)
+            for setting in CLIENT
+            for decls, kwargs in option_specs(CLIENT, setting)
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line."),
         click.option("--quiet", "-q", is_flag=True, help="Do not print a line per request."),
         click.option(
@@ -59,10 +63,6 @@ def _options(command: _F) -> _F:
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def _option_spec(setting: Setting) -> tuple[list[str], dict[str, Any]]:
-    return option_spec(CLIENT, setting)
 
 
 def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

@@ -89,6 +89,8 @@ class Ready:
     """The link answers visitors."""
 
     link: Link
+    inspect_url: str | None = None
+    """The request inspector's page, when one runs."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,8 @@ class TunnelClient:
         self._secret = secrets.token_urlsafe(32)
         self._local_status: LocalStatus | None = None
         self._expiry_warnings: asyncio.Task[None] | None = None
+        self.inspect_url: str | None = None
+        """The request inspector's page, once it runs (``config.inspect``)."""
 
     async def wait_ready(self) -> Link:
         """The link, once the relay gave it; raises what made the first connect fail."""
@@ -268,6 +272,12 @@ class TunnelClient:
                 targets = [
                     RelayTarget(relay_ws_url(url), config.ca_file, url) for url in config.relay
                 ]
+            tap = None
+            if config.inspect is not None:
+                from .inspector import Inspector  # its web server is loaded only when used
+
+                inspector = await stack.enter_async_context(Inspector.for_config(config))
+                self.inspect_url, tap = inspector.url, inspector.capture
             forwarder = await stack.enter_async_context(
                 Forwarder(
                     config.local_host,
@@ -276,6 +286,7 @@ class TunnelClient:
                     ssl_context=local_ssl_context(config),
                     on_request=self.on_event,
                     host_header=config.host_header,
+                    tap=tap,
                 )
             )
             listening = await local_port_open(config.local_host, config.port)
@@ -364,7 +375,7 @@ class TunnelClient:
             if self.link is None:
                 self.link = link
                 self._ready.set_result(link)
-                self.on_event(Ready(link))  # always the first event a user sees
+                self.on_event(Ready(link, self.inspect_url))  # always the first event a user sees
                 if self._local_status is not None:
                     self.on_event(self._local_status)
                 self._expiry_warnings = asyncio.create_task(self._warn_before_expiry(link))

@@ -7,6 +7,7 @@ checks on single values live here as functions that the table uses too.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -16,10 +17,14 @@ from .protocol.mux import DEFAULT_WINDOW
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
 __all__ = [
+    "INSPECT_BODY_LIMIT",
+    "INSPECT_PORTS",
     "ClientConfig",
+    "InspectAt",
     "LocalTarget",
     "host_header_problem",
     "host_problem",
+    "inspect_host_problem",
     "parse_local_target",
     "relay_problem",
     "relay_ws_url",
@@ -29,6 +34,47 @@ CLIENT_WINDOW = 4 * DEFAULT_WINDOW
 """1 MiB: a bigger window than the relay's, because it is the client's memory, not the
 shared relay's, that it commits, and it lifts upload throughput by about a third
 (bench/run.py: 100 MiB up 227-284 -> 372 MB/s on loopback)."""
+
+
+INSPECT_PORTS = tuple(range(4040, 4050))
+"""Where the request inspector looks for a free port first (ngrok's is 4040), then any."""
+
+INSPECT_BODY_LIMIT = 64 * 1024
+"""The inspector keeps the first 64 KiB of each request and response body."""
+
+
+@dataclass(frozen=True)
+class InspectAt:
+    """Where the request inspector listens: a loopback host, and a port or None.
+
+    ``port=None`` takes the first free port of :data:`INSPECT_PORTS`, else any free
+    port; ``port=0`` takes any free port at once.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+
+    def __str__(self) -> str:
+        if self.port is None and self.host == "127.0.0.1":
+            return "auto"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{'auto' if self.port is None else self.port}"
+
+
+def inspect_host_problem(host: str) -> str | None:
+    """Why the inspector may not listen on ``host`` (it serves this machine only), or None."""
+    if host.lower() == "localhost":
+        return None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return f"inspector host {host!r} is not an IP address or localhost"
+    if not loopback:
+        return (
+            f"the inspector shows every request and can replay them: it listens on loopback "
+            f"only (127.0.0.1, ::1 or localhost), not {host}"
+        )
+    return None
 
 
 def host_problem(host: str) -> str | None:
@@ -170,6 +216,10 @@ class ClientConfig:
     """``Host`` for the local server: None passes the visitor's, ``rewrite`` sends the
     local server's address, anything else is sent as is."""
     reconnect_max_delay_s: float = 30.0
+    inspect: InspectAt | None = InspectAt()
+    """Serve the request inspector there; None: no inspector, the traffic is never seen."""
+    inspect_body_limit: int = INSPECT_BODY_LIMIT
+    """The inspector keeps the first this many bytes of each body."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -192,6 +242,10 @@ class ClientConfig:
             problems.append("basic auth must be given as user:password")
         if self.ttl_s is not None and self.ttl_s < 1:
             problems.append("ttl must be at least 1 s")
+        if self.inspect is not None and (problem := inspect_host_problem(self.inspect.host)):
+            problems.append(problem)
+        if self.inspect_body_limit < 0:
+            problems.append("the inspector's body limit cannot be negative")
         if problems:
             raise ConfigError(problems)
 

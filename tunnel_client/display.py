@@ -113,8 +113,8 @@ class HumanDisplay:
 
     def __call__(self, event: ClientEvent) -> None:
         match event:
-            case Ready(link=link):
-                self._ready(link)
+            case Ready(link=link, inspect_url=inspect_url):
+                self._ready(link, inspect_url)
             case LocalStatus(listening=False, target=target):
                 self._print(
                     f"warning: nothing is listening on {target} yet; visitors get a "
@@ -158,7 +158,7 @@ class HumanDisplay:
             case Closed():
                 self._print("link closed", to_err=True)
 
-    def _ready(self, link: Link) -> None:
+    def _ready(self, link: Link, inspect_url: str | None) -> None:
         self._print(f"Forwarding  {link.url}  ->  {self.target}")
         shortfall = link.ttl_shortfall
         self._print(
@@ -174,6 +174,8 @@ class HumanDisplay:
             self._print(qr_text(link.url))
         elif self.qr_asked:
             self._print("QR code     none: this link opens on this machine only, not on a phone")
+        if inspect_url is not None:
+            self._print(f"Inspect     {inspect_url}")
         if not self.quiet:
             self._print("Requests:")
 
@@ -210,7 +212,7 @@ class JsonDisplay:
 
     def __call__(self, event: ClientEvent) -> None:
         match event:
-            case Ready(link=link):
+            case Ready(link=link, inspect_url=inspect_url):
                 extra: dict[str, Any] = (
                     {"user": self.login[0], "password": self.login[1]} if self.login else {}
                 )
@@ -220,6 +222,8 @@ class JsonDisplay:
                         ttl_asked_s=round(link.asked_ttl_s or 0),
                         ttl_granted_s=round(link.granted_ttl_s or 0),
                     )
+                if inspect_url is not None:
+                    extra["inspect"] = inspect_url
                 self.emit(
                     "ready",
                     url=link.url,

@@ -53,6 +53,7 @@ from .protocol.errors import (
 )
 from .protocol.heads import Headers, RequestHead, ResponseHead, strip_hop_by_hop
 from .protocol.wsframes import WebSocketCodec, apply_mask
+from .tap import Exchange, Tap
 
 fast_mask: Callable[[bytes, bytes], bytes] = apply_mask
 # websockets (a dependency) masks in C, some 30 times faster than pure Python, unless it
@@ -110,8 +111,11 @@ class Forwarder:
         ssl_context: ssl.SSLContext | None = None,
         on_request: Callable[[RequestRecord], None] | None = None,
         host_header: str | None = None,
+        tap: Tap | None = None,
     ) -> None:
         self.local_host = local_host
+        self.tap = tap
+        """Told about every exchange (tunnel_client.tap), e.g. the request inspector."""
         self.port = port
         host = f"[{local_host}]" if ":" in local_host else local_host
         self.label = f"{host}:{port}"
@@ -195,6 +199,8 @@ class _Exchange:
         self.stream = stream
         self.head = head
         self.started = time.monotonic()
+        tap = forwarder.tap
+        self.observed: Exchange | None = None if tap is None else tap.request(head)
         self.status = 0
         self.sent = 0
         """Response body bytes passed to the stream."""
@@ -474,7 +480,10 @@ class _Exchange:
             kept = tuple(
                 (n, v) for n, v in strip_hop_by_hop(headers) if n.lower() not in _WS_REPLY_DROPPED
             )
-            stream.reply(ResponseHead(101, kept))
+            reply = ResponseHead(101, kept)
+            stream.reply(reply)
+            if self.observed is not None:
+                self.observed.response(reply)
             self.status = 101
             self._upgraded = True
             self._wake()
@@ -484,11 +493,15 @@ class _Exchange:
         reply = ResponseHead(status, headers)
         ended = self.reader.done
         stream.reply(reply, end_stream=ended)
+        if self.observed is not None:
+            self.observed.response(reply)
         self.status = status
         self._ended = ended
 
     def response_body(self, data: bytes) -> None:
         self.sent += len(data)
+        if self.observed is not None:
+            self.observed.response_body(data)
         if self._held:
             self._held.append(data)
             return
@@ -567,6 +580,8 @@ class _Exchange:
         if self._done:
             return
         self._done = True
+        if self.observed is not None:
+            self.observed.finished(status, error)
         head = self.head
         path = head.target if len(head.target) <= 200 else head.target[:197] + "..."
         self.forwarder.record(
@@ -577,6 +592,8 @@ class _Exchange:
 
     def _request_body(self, piece: bytes) -> None:
         """A request body chunk goes to the local server (a hook point, see the class)."""
+        if self.observed is not None:
+            self.observed.request_body(piece)
 
     # -- WebSocket ----------------------------------------------------------------------
 

@@ -9,20 +9,23 @@ not settings.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from .config import (
     ClientConfig,
+    InspectAt,
     LocalTarget,
     host_header_problem,
     host_problem,
+    inspect_host_problem,
     parse_local_target,
     relay_problem,
 )
 from .protocol.errors import ConfigError
-from .protocol.parsers import Choice, Duration, FilePath, Flag, Many, Size, Text
+from .protocol.parsers import Choice, Duration, FilePath, Flag, Many, Parser, Size, Text, shown
 from .protocol.settings import Origin, Resolution, Setting, Table
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
@@ -38,6 +41,54 @@ def default_config_path(environ: Mapping[str, str]) -> Path | None:
     else:
         return None  # no home given (build_config(use_environment=False)): no file
     return base / "sharetunnel" / "client.toml"
+
+
+class InspectAddress(Parser[InspectAt | None]):
+    """Where the inspector listens: ``auto``, a port, ``host:port``, or ``off``.
+
+    ``true``/``on`` mean ``auto`` and ``false``/``off`` no inspector, so that a TOML
+    file can say ``inspect = false``; a bare number is a port (``0``: any free port).
+    """
+
+    metavar = "ADDR"
+    _ON = frozenset({"auto", "on", "true", "yes"})
+    _OFF = frozenset({"off", "false", "no", "none"})
+    _ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+|auto)")
+
+    def parse(self, raw: object) -> InspectAt | None:
+        if isinstance(raw, bool):
+            return InspectAt() if raw else None
+        if isinstance(raw, int):
+            return InspectAt(port=self._port(raw, raw))
+        if not isinstance(raw, str):
+            raise ValueError(f"{shown(raw)} is not an address: use e.g. 4040 or 127.0.0.1:4040")
+        text = raw.strip()
+        if text.lower() in self._ON:
+            return InspectAt()
+        if text.lower() in self._OFF:
+            return None
+        if text.isdigit():
+            return InspectAt(port=self._port(int(text), raw))
+        match = self._ADDRESS.fullmatch(text)
+        if match is None:
+            raise ValueError(
+                f"{shown(raw)} is not an address: use a port (4040), host:port "
+                "(127.0.0.1:4040), auto or off"
+            )
+        host = match["v6"] or match["host"]
+        if problem := inspect_host_problem(host):
+            raise ValueError(problem)
+        port = None if match["port"] == "auto" else self._port(int(match["port"]), raw)
+        return InspectAt(host, port)
+
+    @staticmethod
+    def _port(port: int, raw: object) -> int:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{shown(raw)}: port {port} is not in 0..65535")
+        return port
+
+    def format(self, value: InspectAt | None) -> str:
+        return "off" if value is None else str(value)
 
 
 def _auth_problem(auth: str) -> str | None:
@@ -136,6 +187,21 @@ CLIENT = Table(
             help="(embedded relay) Time the local server has to start answering (then 504).",
             unset="the embedded relay's, 10m",
             example="30s",
+        ),
+        Setting(
+            name="inspect",
+            parser=InspectAddress(),
+            off="off",
+            help="Serve the request inspector (list, bodies, replay) on this loopback "
+            "address: a port or host:port; auto takes 4040, else the next free port.",
+            unset="off: no inspector",
+            example="127.0.0.1:4141",
+        ),
+        Setting(
+            name="inspect_body_limit",
+            parser=Size(0, 16 << 20, why="the inspector keeps bodies in memory"),
+            help="The inspector keeps the first this many bytes of each request and response body.",
+            example="1MiB",
         ),
         Setting(
             name="log_level",

@@ -41,7 +41,9 @@ def test_qr_code_of_the_link_on_request(origin: Origin) -> None:
         assert match, lines
         url = match.group(1)
         assert lines[1].startswith("Expires     ")
-        printed = "\n".join(lines[2 : lines.index("Requests:")])
+        inspect = lines.index("Requests:") - 1
+        assert re.fullmatch(r"Inspect     http://127\.0\.0\.1:\d+", lines[inspect]), lines
+        printed = "\n".join(lines[2:inspect])
         assert printed == qr_text(url)
         assert "▄" in printed and len(printed.splitlines()) > 15
 
@@ -50,7 +52,8 @@ def test_no_qr_code_when_piped_or_refused(origin: Origin) -> None:
     with run_relay("--domain", "share.example.test") as relay:
         for args in ((), ("--no-qr",)):
             lines = _human_output(origin, relay.url, *args)
-            assert lines[2] == "Requests:", lines
+            assert lines[2].startswith("Inspect     http://127.0.0.1:"), lines
+            assert lines[3] == "Requests:", lines
 
 
 def test_the_first_json_line_is_the_ready_event(origin: Origin) -> None:
