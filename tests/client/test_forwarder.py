@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from relay_server.tls import self_signed_context
+from relay_server.tls import load_or_create_self_signed, server_context
 from tests.processes import Origin
 from tests.protocol.helpers import MemoryTransport
 from tests.raworigin import RawOrigin, raw_origin
@@ -395,7 +395,8 @@ async def test_a_refused_upgrade_passes_whole(raw: RawOrigin) -> None:
 
 @contextlib.asynccontextmanager
 async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
-    server_context, cert = self_signed_context("localhost", tmp_path)
+    cert, key, _ = load_or_create_self_signed("localhost", tmp_path)
+    tls = server_context(cert, key)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -403,7 +404,7 @@ async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls)
     try:
         yield server.sockets[0].getsockname()[1], cert
     finally:
