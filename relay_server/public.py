@@ -35,6 +35,7 @@ from tunnel_client.protocol.heads import RequestHead, ResponseHead
 from . import pages
 from .directory import Link, LinkState
 from .forwarding import forward_request_headers, peer_address, response_headers
+from .routing import PeerLink
 
 if TYPE_CHECKING:
     from .app import Relay
@@ -174,6 +175,8 @@ async def _serve(relay: Relay, request: web.BaseRequest, sub: str) -> web.Stream
         )
     if not _rate_allows(relay, tunnel):
         return pages.error_response(request, pages.too_many("This link gets too many requests"))
+    if relay.cluster is not None and isinstance(relay.seam.where(sub), PeerLink):
+        relay.observe.cross_node_forward()  # the request goes on the hop to its node
 
     websocket = _wants_websocket(request)
     public_host = request.headers.get("Host", "")

@@ -24,8 +24,16 @@ def test_a_link_revoked_on_one_node_is_gone_on_every_node_and_after_a_restart(
         sub = tunnel.host.split(".")[0]
         for node in nodes:
             wait_status(node.port, tunnel.host, 200, timeout=10)
-        # Revoked through the node that does NOT hold the link.
+        # The other node forwarded those requests over the hop, and counts them.
         assert other.admin_port is not None
+        metrics = fetch(other.admin_port, f"127.0.0.1:{other.admin_port}", "/metrics").body
+        forwards = [
+            float(line.split()[-1])
+            for line in metrics.decode().splitlines()
+            if line.startswith("sharetunnel_cross_node_forwards")
+        ]
+        assert forwards and forwards[0] >= 1, metrics[:2000]
+        # Revoked through the node that does NOT hold the link.
         reply = fetch(
             other.admin_port, f"127.0.0.1:{other.admin_port}", f"/api/links/{sub}", method="DELETE"
         )
