@@ -157,6 +157,30 @@ def test_a_killed_node_drops_out_and_its_link_comes_back_on_another(
             tunnel.stop()
 
 
+def test_a_client_given_every_node_moves_to_another_when_its_node_dies(
+    cluster: Cluster, origin: Origin
+) -> None:
+    """No proxy: the client's own --relay list takes it to the next node, same link."""
+    nodes = cluster.start(3)
+    wait_for_mesh([n.port for n in nodes])
+    relays = [arg for n in nodes for arg in ("--relay", n.url)]
+    tunnel = start_tunnel(origin.port, *relays)
+    try:
+        for node in nodes:
+            wait_status(node.port, tunnel.host, 200, timeout=10)
+        started = time.monotonic()
+        stop_process(nodes[0].proc, signal.SIGKILL)
+        back = tunnel.wait_event("reconnected", timeout=30)
+        assert back["url"] == tunnel.url
+        for node in nodes[1:]:
+            wait_status(node.port, tunnel.host, 200, timeout=10)
+        took = time.monotonic() - started
+        print(f"\nlink back on the surviving nodes {took:.2f} s after its node was killed")
+        assert took < 15
+    finally:
+        tunnel.stop()
+
+
 def test_links_outlive_the_broker_and_cross_node_requests_come_back(
     cluster: Cluster, origin: Origin
 ) -> None:
