@@ -45,7 +45,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -739,6 +739,25 @@ class WebSocketEnd(Protocol):
         """Close with a code and reason; returns False if already closed."""
 
 
+async def _both_ways(
+    one: Coroutine[Any, Any, None], other: Coroutine[Any, Any, None], grace_s: float
+) -> None:
+    """Run both directions of a relayed WebSocket until one ends, then stop the other.
+
+    When one end closed cleanly, the other gets ``grace_s`` to answer with its own
+    close (the closing handshake); a failure or a cancellation stops both at once.
+    """
+    directions = {asyncio.create_task(one), asyncio.create_task(other)}
+    try:
+        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+        if pending and all(not t.cancelled() and t.exception() is None for t in done):
+            await asyncio.wait(pending, timeout=grace_s)
+    finally:
+        for task in directions:
+            task.cancel()
+        await asyncio.gather(*directions, return_exceptions=True)
+
+
 async def bridge_websocket(
     stream: Stream,
     ws: WebSocketEnd,
@@ -780,16 +799,9 @@ async def bridge_websocket(
             else:
                 await ws.send_bytes(item.data)
 
-    directions = {asyncio.create_task(ws_to_stream()), asyncio.create_task(stream_to_ws())}
     try:
-        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
-        if pending and all(not t.cancelled() and t.exception() is None for t in done):
-            # One end closed: give the other a moment to answer with its own close.
-            await asyncio.wait(pending, timeout=grace_s)
+        await _both_ways(ws_to_stream(), stream_to_ws(), grace_s)
     finally:
-        for task in directions:
-            task.cancel()
-        await asyncio.gather(*directions, return_exceptions=True)
         if not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.close(code=abort_code, message=abort_reason.encode())
@@ -970,18 +982,9 @@ async def bridge_codec(
             send_out()
             await channel.drain()
 
-    directions = {
-        asyncio.create_task(channel_to_stream()),
-        asyncio.create_task(stream_to_channel()),
-    }
     try:
-        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
-        if pending and all(not t.cancelled() and t.exception() is None for t in done):
-            await asyncio.wait(pending, timeout=grace_s)
+        await _both_ways(channel_to_stream(), stream_to_channel(), grace_s)
     finally:
-        for task in directions:
-            task.cancel()
-        await asyncio.gather(*directions, return_exceptions=True)
         if not codec.close_sent:
             codec.send_close(abort_code, abort_reason)
             send_out()
