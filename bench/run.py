@@ -2,6 +2,7 @@
 
     python bench/run.py            # the full run (about 3 minutes)
     python bench/run.py --quick    # one short pass of everything (about 40 s)
+    python bench/run.py --inspect --cases small64   # request inspector on vs --no-inspect
 
 Starts the test origin (tests/origin.py), a ``tunnel-relay`` and a ``tunnel`` process on
 127.0.0.1, then measures every case against the origin directly and through the link,
@@ -392,6 +393,8 @@ class Bench:
     tunnel: TunnelProcess
     generator: str
     stamp: str
+    plain: TunnelProcess | None = None
+    """With --inspect: a second client with --no-inspect, on the same relay."""
     runs: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -404,11 +407,14 @@ class Bench:
 
     @property
     def pids(self) -> dict[str, int]:
-        return {
+        pids = {
             "relay": self.relay.proc.pid,
             "client": self.tunnel.proc.pid,
             "origin": self.origin.proc.pid,
         }
+        if self.plain is not None:
+            pids["client --no-inspect"] = self.plain.proc.pid
+        return pids
 
     def small(self, target: Target, conns: int, duration: float) -> dict[str, Any]:
         run = small_wrk if self.generator == "wrk" else small_python
@@ -445,7 +451,7 @@ def log(text: str) -> None:
 def product_env(args: argparse.Namespace, role: str, stamp: str) -> dict[str, str]:
     """Environment for the relay/client: the hooks first on the path (see hooks/)."""
     env = {"PYTHONPATH": os.pathsep.join([str(HOOKS), str(ROOT)])}
-    if args.asyncio:
+    if (args.asyncio and role != "client") or (args.client_loop == "asyncio" and role != "relay"):
         env["BENCH_ASYNCIO"] = "1"
     if args.cprofile:
         env["BENCH_CPROFILE"] = str(RESULTS / f"{stamp}-{role}")
@@ -496,10 +502,46 @@ def run_cases(bench: Bench) -> None:
             return {"rtts_ms": rtts, "median_ms": statistics.median(rtts)}
 
         bench.repeated("ws", ws)
+    if args.inspect:
+        inspector_cost(bench)
     if args.profile:
         profile(bench, tunnel)
     # Memory once the load is gone (what the processes keep).
     bench.runs["rss_after"] = {"tunnel": [{k: rss_bytes(v) for k, v in bench.pids.items()}]}
+
+
+def inspector_cost(bench: Bench) -> None:
+    """64 connections through the client with its inspector on, and through one with
+    ``--no-inspect`` (same relay, same origin), alternating, ``--repeat`` times each."""
+    assert bench.plain is not None
+    targets = [
+        (Target("inspector on", bench.relay.port, bench.tunnel.host), "client"),
+        (Target("--no-inspect", bench.relay.port, bench.plain.host), "client --no-inspect"),
+    ]
+    for target, _ in targets:  # warm-up: pooled connections to the origin
+        bench.small(target, 8, 1)
+    for rep in range(bench.args.repeat):
+        for target, role in targets:
+            with watch(bench.pids) as usage:
+                result = bench.small(target, 64, bench.args.duration)
+            result["usage"] = usage.__dict__
+            result["client_cpu_us"] = usage.cpu_s[role] / max(result["requests"], 1) * 1e6
+            bench.record("inspect", target, result)
+            log(f"  inspect {target.name} #{rep + 1}: {brief(result)}")
+
+
+def render_inspector_cost(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    on, off = runs.get("inspector on"), runs.get("--no-inspect")
+    if not on or not off:
+        return []
+    rps_on, rps_off = med(on, "rps"), med(off, "rps")
+    cpu_on, cpu_off = med(on, "client_cpu_us"), med(off, "client_cpu_us")
+    return [
+        f"inspector on vs --no-inspect, small responses @64: {rps_on:,.0f} vs {rps_off:,.0f} "
+        f"req/s, ratio {rps_on / rps_off:.3f} (medians of {len(on)}); client CPU per request "
+        f"{cpu_on:.0f} vs {cpu_off:.0f} us, p99 {med(on, 'p99_ms'):.1f} vs "
+        f"{med(off, 'p99_ms'):.1f} ms"
+    ]
 
 
 def profile(bench: Bench, tunnel: Target) -> None:
@@ -710,10 +752,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the relay on asyncio's own loop, not uvloop (to compare)",
     )
     parser.add_argument(
+        "--client-loop",
+        choices=("default", "asyncio"),
+        default="default",
+        help="asyncio: hide uvloop from the client (to compare; default: what it picks)",
+    )
+    parser.add_argument(
         "--quiet-client", action="store_true", help="tunnel --quiet (no per-request lines)"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy relay and client @64")
     parser.add_argument("--cprofile", action="store_true", help="cProfile relay and client")
+    parser.add_argument(
+        "--inspect",
+        action="store_true",
+        help="also compare the client with its request inspector on (the default) and with "
+        "--no-inspect at 64 connections",
+    )
     parser.add_argument("--relay-arg", action="append", default=[], dest="relay_args")
     parser.add_argument("--client-arg", action="append", default=[], dest="client_args")
     parser.add_argument("--label", default="", help="a note stored with the results")
@@ -749,10 +803,16 @@ def main(argv: list[str] | None = None) -> None:
         tunnel = start_tunnel(origin.port, *args.client_args, relay=relay, env=client_env)
         bench = Bench(args, origin, relay, tunnel, generator, stamp)
         try:
+            if args.inspect:
+                bench.plain = start_tunnel(
+                    origin.port, *args.client_args, "--no-inspect", relay=relay, env=client_env
+                )
             bench.runs["rss_idle"] = {"tunnel": [{k: rss_bytes(v) for k, v in bench.pids.items()}]}
             run_cases(bench)
         finally:
             tunnel.stop()
+            if bench.plain is not None:
+                bench.plain.stop()
         if "startup" in args.cases:
             startup_env = product_env(args, "startup", stamp)
             startup_env.pop("BENCH_CPROFILE", None)
@@ -765,11 +825,17 @@ def main(argv: list[str] | None = None) -> None:
         f"load generator: {generator}"
         + (" (wrk -t1, keep-alive)" if generator == "wrk" else " (Python aiohttp, slower)"),
         f"runs per case: {args.repeat} (medians), {args.duration:g} s per req/s run; "
-        f"relay on {'asyncio' if args.asyncio else 'uvloop'}, client on asyncio; "
+        f"relay on {'asyncio' if args.asyncio else 'uvloop'}, client on "
+        f"{'asyncio' if args.client_loop == 'asyncio' else 'its default loop'}; "
         f"client {'--quiet' if args.quiet_client else 'logs every request (--json)'}",
         f"load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} "
         f"on {os.cpu_count()} cores; wall time {time.perf_counter() - started:.0f} s",
     ]
+    notes.append(
+        "client: request inspector "
+        + ("off" if "--no-inspect" in args.client_args else "on (the CLI's default)")
+    )
+    notes += render_inspector_cost(bench.runs.get("inspect", {}))
     notes += [f"FAILED {failure}" for failure in dict.fromkeys(bench.failures)]
     if args.relay_args or args.client_args:
         notes.append(f"relay args {args.relay_args}, client args {args.client_args}")

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import logging.handlers
 import shutil
 import signal
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -18,8 +21,11 @@ import click
 from tunnel_client.protocol.errors import ConfigError
 from tunnel_client.protocol.settings import option_spec, resolve
 from tunnel_client.protocol.units import format_duration
+from tunnel_client.protocol.version import package_version
 
 from .config import RelayConfig
+from .logs import formatter
+from .observe import ACCESS_LOGGER
 from .settings import RELAY, relay_config
 
 __all__ = ["main"]
@@ -37,7 +43,21 @@ def _setting_options(command: _F) -> _F:
     return command
 
 
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"tunnel-relay {package_version()}")
+        ctx.exit()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Print the version and exit.",
+)
 @click.option(
     "--config",
     metavar="FILE",
@@ -64,13 +84,50 @@ def main(config: str | None, check_config: bool, **given: Any) -> None:
         for line in resolution.lines():
             click.echo(line)
         return
-    logging.basicConfig(
-        level=relay.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_event_loop) as r:
-        r.run(_serve(relay))
+    try:
+        _setup_logging(relay)
+    except OSError as exc:
+        click.echo(f"tunnel-relay: cannot open the access log {relay.access_log}: {exc}", err=True)
+        sys.exit(2)
+    try:
+        with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_event_loop) as r:
+            r.run(_serve(relay))
+    except SystemExit as exc:
+        if relay.log_format == "json" and isinstance(exc.code, str):
+            # Even a fatal start error is one JSON line when every line must be one.
+            logger.error(exc.code.removeprefix("tunnel-relay: "))
+            raise SystemExit(1) from None
+        raise
+
+
+def _setup_logging(config: RelayConfig) -> None:
+    """stderr for the relay's own lines; the access log to its own handler, if asked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(config.log_format))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    if config.log_format == "json":
+        logging.captureWarnings(True)  # a warning would otherwise be a bare text line
+    if config.access_log is not None:
+        target = config.access_log
+        access: logging.Handler
+        if target == "-":
+            access = logging.StreamHandler(sys.stdout)
+        else:
+            # WatchedFileHandler reopens the file after logrotate moved it.
+            access = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
+        access.setFormatter(formatter(config.log_format))
+        access_logger = logging.getLogger(ACCESS_LOGGER)
+        access_logger.addHandler(access)
+        access_logger.setLevel(logging.INFO)  # whatever --log-level says
+        access_logger.propagate = False
+
+
+def _say(config: RelayConfig, message: str) -> None:
+    """A line for the operator: plain on stderr, or a log record in JSON mode."""
+    if config.log_format == "json":
+        logger.info(message)
+    else:
+        click.echo(message, err=True)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -88,22 +145,42 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _serve(config: RelayConfig) -> None:
-    from .tls import self_signed_context, server_context
+    from .tls import load_or_create_self_signed, server_context
+
+    ssl_context: ssl.SSLContext | None = None
+    if config.workers != 1:
+        from .workers import supervise
+
+        await supervise(config)
+        return
 
     if config.self_signed:
-        self_signed, cert_path = self_signed_context(config.domain)
-        click.echo(
-            f"self-signed certificate for *.{config.domain}: {cert_path} "
-            "(clients: --ca-file this file)",
-            err=True,
+        # Kept beside the lease key, so that clients and browsers that trust it once
+        # keep trusting it across restarts; with no key file, a directory gone at exit.
+        temporary = config.lease_key is None
+        directory = (
+            Path(tempfile.mkdtemp(prefix="sharetunnel-tls-"))
+            if config.lease_key is None
+            else config.lease_key.parent
         )
         try:
-            await _run(config, self_signed)
+            try:
+                cert, key, made = load_or_create_self_signed(config.domain, directory)
+                ssl_context = server_context(cert, key)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(
+                    f"tunnel-relay: cannot make the self-signed certificate in {directory}: {exc}"
+                ) from None
+            _say(
+                config,
+                f"self-signed certificate for *.{config.domain}: {cert} "
+                f"({'made now' if made else 'reused'}; clients: --ca-file this file)",
+            )
+            await _run(config, ssl_context, cert)
         finally:
-            # A fresh temporary directory per start: no key material is left behind.
-            shutil.rmtree(cert_path.parent, ignore_errors=True)
+            if temporary:
+                shutil.rmtree(directory, ignore_errors=True)
         return
-    ssl_context: ssl.SSLContext | None = None
     if config.tls_cert is not None and config.tls_key is not None:
         try:
             ssl_context = server_context(config.tls_cert, config.tls_key)
@@ -112,33 +189,37 @@ async def _serve(config: RelayConfig) -> None:
     await _run(config, ssl_context)
 
 
-async def _run(config: RelayConfig, ssl_context: ssl.SSLContext | None) -> None:
-    from .app import Relay
+async def _run(
+    config: RelayConfig, ssl_context: ssl.SSLContext | None, ca_file: Path | None = None
+) -> None:
+    from .app import ListenError, Relay
 
     try:
         relay = Relay(config, ssl_context=ssl_context)
+    except ConfigError as exc:  # the cluster secret or broker password file
+        raise SystemExit(f"tunnel-relay: {'; '.join(exc.problems)}") from None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"tunnel-relay: cannot load the lease key: {exc}") from None
     try:
         await relay.start()
-    except OSError as exc:
-        raise SystemExit(
-            f"tunnel-relay: cannot listen on {config.host}:{config.port}: {exc.strerror}"
-        ) from None
+    except ListenError as exc:
+        raise SystemExit(f"tunnel-relay: cannot listen on {exc.where}: {exc.strerror}") from None
     # Everything allocated so far lives as long as the relay: keep the collector from
     # walking it again and again (its full passes took about 5% of a busy relay's time).
     gc.freeze()
     example = config.link_for("<random>", relay.port)
-    click.echo(
+    _say(
+        config,
         f"tunnel-relay listening on {'https' if ssl_context else 'http'}://{config.host}:"
         f"{relay.port}; links look like {example} and live {format_duration(config.ttl_s)}",
-        err=True,
     )
+    trust = f" --ca-file {ca_file}" if ca_file is not None else ""
+    _say(config, f"clients: tunnel PORT --relay {config.relay_url(relay.port)}{trust}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, relay.tokens.reload)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
     await stop.wait()
     logger.info("stopping: finishing in-flight requests, then closing tunnels")
     await relay.shutdown()

@@ -19,13 +19,20 @@ happens to any handler (a cancelled one included)::
   needs its slot: a crashed client must not lock everyone behind its address (a whole
   NAT) out until its grace ends, and it loses nothing, since its lease brings the link
   back. CLAIMED, LIVE and AWAY all go to EXPIRED at the expiry time, and to REVOKED
-  when an operator takes the link down. GONE, EXPIRED and REVOKED are final for a Link object;
-  the subdomain is remembered (boundedly) so visitors get 404 or 410, no new link
-  reuses it, and a GONE link can come back from its lease until it expires.
+  when an operator takes the link down. In a cluster they also go to GONE when the link
+  *moved*: its client came back through another node, whose newer claim wins.
+  GONE, EXPIRED and REVOKED are final for a Link object; the subdomain is remembered
+  (boundedly) so visitors get 404 or 410, no new link reuses it, and a GONE link can
+  come back from its lease until it expires.
 
 Only CLAIMED, LIVE and AWAY links *hold* their subdomain; the per-address and
 per-token counts are changed in :meth:`_move` alone, from that one fact, so they
-cannot drift from the states.
+cannot drift from the states. Revoked subdomains are remembered apart from the bounded
+memory of ended ones, until their expiry: however many links end meanwhile, a revoked
+link's lease stays refused (the relay reloads them at start with :meth:`note_revoked`).
+
+Whoever needs to know about changes (metrics) registers with :meth:`LinkDirectory.watch`;
+every implementation reports each transition through :meth:`LinkDirectory._changed`.
 
 :class:`LinkDirectory` is the interface (the cluster gives it a second
 implementation); :class:`MemoryDirectory` keeps everything in this process.
@@ -42,6 +49,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from tunnel_client.protocol.aio import Session
 from tunnel_client.protocol.errors import GoAwayCode, HandshakeRefused, InvalidState
@@ -58,6 +66,7 @@ __all__ = [
     "LinkDirectory",
     "LinkEvent",
     "LinkState",
+    "Listener",
     "MemoryDirectory",
 ]
 
@@ -99,6 +108,8 @@ class LinkEvent(enum.Enum):
     EVICTED = "evicted"
     EXPIRY = "expiry"
     REVOKE = "revoke"
+    MOVED = "moved"
+    """(cluster) Another node holds a newer claim on the link: this node lets go."""
 
 
 _S, _E = LinkState, LinkEvent
@@ -108,6 +119,7 @@ TRANSITIONS: dict[LinkState, dict[LinkEvent, LinkState]] = {
         _E.ABANDONED: _S.GONE,
         _E.EXPIRY: _S.EXPIRED,
         _E.REVOKE: _S.REVOKED,
+        _E.MOVED: _S.GONE,
     },
     _S.LIVE: {
         _E.WELCOMED: _S.LIVE,  # a newer connection took the link over
@@ -115,6 +127,7 @@ TRANSITIONS: dict[LinkState, dict[LinkEvent, LinkState]] = {
         _E.ENDED: _S.GONE,
         _E.EXPIRY: _S.EXPIRED,
         _E.REVOKE: _S.REVOKED,
+        _E.MOVED: _S.GONE,
     },
     _S.AWAY: {
         _E.WELCOMED: _S.LIVE,
@@ -122,6 +135,7 @@ TRANSITIONS: dict[LinkState, dict[LinkEvent, LinkState]] = {
         _E.EVICTED: _S.GONE,
         _E.EXPIRY: _S.EXPIRED,
         _E.REVOKE: _S.REVOKED,
+        _E.MOVED: _S.GONE,
     },
     _S.GONE: {},
     _S.EXPIRED: {},
@@ -153,6 +167,8 @@ class Link:
     rate_checked: float = 0.0
     claims: int = 0
     """Handshakes under way for this link."""
+    requests: int = 0
+    """Visitor requests served for this link by this relay (for the admin API)."""
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict, repr=False)
 
     @property
@@ -182,8 +198,30 @@ class Limits:
     tunnels_per_token: int
 
 
+Listener: TypeAlias = Callable[[Link, LinkState, LinkEvent], None]
+"""Told of each transition: the link (already in its new state), its old state, the event."""
+
+
 class LinkDirectory(abc.ABC):
     """Owns every link's state; nothing else changes it."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def watch(self, listener: Listener) -> None:
+        """Call ``listener`` after every transition (never to change a link)."""
+        self._listeners.append(listener)
+
+    def _changed(self, link: Link, old: LinkState, event: LinkEvent, reason: str = "") -> None:
+        """Called after every transition (with its side effects done): tells the watchers.
+
+        The cluster directory also announces transitions from here (it calls this first).
+        """
+        for listener in self._listeners:
+            try:
+                listener(link, old, event)
+            except Exception:  # a watcher's bug must not break a link's life
+                logger.exception("link directory listener failed")
 
     @abc.abstractmethod
     def get(self, subdomain: str) -> Link | None:
@@ -214,6 +252,11 @@ class LinkDirectory(abc.ABC):
     @abc.abstractmethod
     def note_expired(self, subdomain: str, expires_at: float) -> None:
         """Remember a link known (from its lease) to have expired, for 410 pages."""
+
+    @abc.abstractmethod
+    def note_revoked(self, subdomain: str, expires_at: float) -> None:
+        """Remember a subdomain no link holds as revoked until ``expires_at``: its lease is
+        refused and visitors get 410 (revocations loaded at start, or of a GONE link)."""
 
     @abc.abstractmethod
     def welcome(self, claim: Claim, session: Session, *, visitor_auth: str | None) -> None:
@@ -252,10 +295,13 @@ class MemoryDirectory(LinkDirectory):
     """The directory of a single relay process."""
 
     def __init__(self, limits: Limits, url_for: Callable[[str], str]) -> None:
+        super().__init__()
         self.limits = limits
         self._url_for = url_for
         self._links: dict[str, Link] = {}
         self._ended: OrderedDict[str, tuple[LinkState, float]] = OrderedDict()
+        self._revoked: dict[str, float] = {}
+        """Revoked subdomains and their expiry: never dropped from memory before it."""
         self._away: OrderedDict[str, Link] = OrderedDict()
         """AWAY links, the longest away first: the first to give up a slot."""
         # Counts kept in step with the states by _move, so a HELLO costs O(1).
@@ -268,6 +314,9 @@ class MemoryDirectory(LinkDirectory):
         return self._links.get(subdomain)
 
     def ended(self, subdomain: str) -> tuple[LinkState, float] | None:
+        revoked = self._revoked.get(subdomain)
+        if revoked is not None:
+            return LinkState.REVOKED, revoked
         found = self._ended.get(subdomain)
         if found is None:
             return None
@@ -347,6 +396,15 @@ class MemoryDirectory(LinkDirectory):
             return
         self._remember(subdomain, LinkState.EXPIRED, expires_at)
 
+    def note_revoked(self, subdomain: str, expires_at: float) -> None:
+        if subdomain in self._links:
+            raise InvalidState(f"link {subdomain} is held: revoke() it")
+        now = time.time()
+        for sub in [s for s, until in self._revoked.items() if until <= now]:
+            del self._revoked[sub]  # past expiry its lease is refused as expired anyway
+        self._revoked[subdomain] = expires_at
+        self._remember(subdomain, LinkState.REVOKED, expires_at)
+
     def welcome(self, claim: Claim, session: Session, *, visitor_auth: str | None) -> None:
         link = claim.link
         if link.state not in HOLDING:
@@ -421,18 +479,24 @@ class MemoryDirectory(LinkDirectory):
                 self.limits.reconnect_grace_s, self._fire, link, LinkEvent.GRACE_OVER
             )
         if new in HOLDING:
+            self._changed(link, old, event, reason)
             return
         # Final for this Link: it stops holding its subdomain.
         _cancel_timers(link)
         del self._links[link.subdomain]
         self._count(link, -1)
         self._remember(link.subdomain, new, link.expires_at)
+        if new is LinkState.REVOKED:
+            self._revoked[link.subdomain] = link.expires_at
         session, link.session = link.session, None
         if session is not None:
             if new is LinkState.EXPIRED:
                 session.close(GoAwayCode.EXPIRED, "the link reached its expiry time")
             elif new is LinkState.REVOKED:
                 session.close(GoAwayCode.AUTH_FAILED, reason or "the relay took this link down")
+            elif event is LinkEvent.MOVED:
+                session.close(GoAwayCode.REPLACED, "a newer connection took this link over")
+        self._changed(link, old, event, reason)
 
     def _fire(self, link: Link, event: LinkEvent) -> None:
         link.timers.pop("grace" if event is LinkEvent.GRACE_OVER else "expiry", None)
@@ -473,7 +537,7 @@ class MemoryDirectory(LinkDirectory):
     def _new_subdomain(self) -> str:
         while True:
             sub = "".join(secrets.choice(SUBDOMAIN_ALPHABET) for _ in range(SUBDOMAIN_LENGTH))
-            if sub not in self._links and sub not in self._ended:
+            if sub not in self._links and sub not in self._ended and sub not in self._revoked:
                 return sub
 
 

@@ -45,6 +45,7 @@ from tunnel_client.protocol.aio import Stream
 from tunnel_client.protocol.errors import ResetCode
 
 from . import pages, public
+from .forwarding import client_address
 from .http1 import (
     CHUNKED,
     LENGTH,
@@ -152,6 +153,13 @@ class VisitorConnection(asyncio.Protocol):
         self.last_out = 0.0
         self.streaming = False
         """A response body is being relayed (its idle time counts)."""
+        # What the observer hears of each request when it is over.
+        self.sub = ""
+        self.started = 0.0
+        self.status = 499
+        """What the visitor got; 499 until something was answered."""
+        self.bytes_in = 0
+        self.bytes_out = 0
         self._upgraded = False
         self._linger_until = 0.0
         self._lingered = 0
@@ -262,7 +270,10 @@ class VisitorConnection(asyncio.Protocol):
         self._buffer = buffer[end:]
         self.state = _BUSY
         self.request = request
-        self.last_in = self.loop.time()
+        self.sub = sub
+        self.last_in = self.started = self.loop.time()
+        self.status = 499
+        self.bytes_in = self.bytes_out = 0
         self.edge.relay.request_started()
         try:
             public.serve(self, request, sub)
@@ -271,6 +282,13 @@ class VisitorConnection(asyncio.Protocol):
             if self.state == _BUSY and self.stream is None and self.task is None:
                 self.send_page(pages.local_failed(), request, close=True)
         return True
+
+    def visitor_address(self, request: Request) -> str:
+        """The visitor's address: the socket's peer, or what trusted fronts say."""
+        proxies = self.config.trusted_proxies
+        if not proxies:
+            return self.peer
+        return client_address(self.peer, request.header_all("x-forwarded-for"), proxies)
 
     def _refuse_head_size(self) -> None:
         """431 at once and close, without waiting for the rest of the head."""
@@ -306,6 +324,7 @@ class VisitorConnection(asyncio.Protocol):
         if self.state < _LINGER and self.transport is not None:
             self.transport.write(data)
             self.last_out = self.loop.time()
+            self.bytes_out += len(data)
 
     @property
     def write_paused(self) -> bool:
@@ -348,6 +367,7 @@ class VisitorConnection(asyncio.Protocol):
         elif request is not None and request.minor == 0:
             framing += b"Connection: keep-alive\r\n"
         head = response_head(page.status, headers, framing)
+        self.status = page.status
         self.write(head if request is not None and request.method == "HEAD" else head + body)
         return not close
 
@@ -416,6 +436,7 @@ class VisitorConnection(asyncio.Protocol):
 
     def _push(self, data: bytes | memoryview) -> None:
         if data:
+            self.bytes_in += len(data)
             self._inbox.append(data)
             self._inbox_bytes += len(data)
             if self._inbox_bytes > INBOX_HIGH_BYTES:
@@ -457,9 +478,21 @@ class VisitorConnection(asyncio.Protocol):
 
     def finish(self, *, keep_alive: bool) -> None:
         """The response is complete: close, or go on with the next request."""
-        if self.request is not None:
+        request = self.request
+        if request is not None:
             self.request = None
-            self.edge.relay.request_finished()
+            relay = self.edge.relay
+            relay.request_finished()
+            relay.observe.request_done(
+                self.sub,
+                request.method,
+                request.target,
+                self.status,
+                self.bytes_in,
+                self.bytes_out,
+                self.loop.time() - self.started,
+                self.visitor_address(request),
+            )
         self.stream = None
         self.task = None
         self.streaming = False

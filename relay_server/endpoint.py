@@ -41,7 +41,9 @@ async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamRes
     if not relay.accepting:
         return web.Response(status=503, text="relay is shutting down; try another node\n")
     ws = web.WebSocketResponse(
-        max_msg_size=MAX_MESSAGE_BYTES + 1024,
+        # Twice the protocol's bound, so that an oversized message reaches our decoder and
+        # gets a GOAWAY naming the rule, instead of aiohttp dropping the connection first.
+        max_msg_size=2 * MAX_MESSAGE_BYTES,
         compress=False,
         autoping=True,
         heartbeat=None,  # the protocol's own PING detects dead peers
@@ -113,6 +115,7 @@ async def _run_session(
         await transport.close()
         return
     relay.directory.welcome(claim, session, visitor_auth=hello.visitor_auth)
+    relay.observe.link_welcomed(resumed=claim.resumed)
     logger.info(
         "link %s %s for %s (%s)",
         link.subdomain,

@@ -16,7 +16,7 @@ __all__ = ["ErrorPage", "render", "wants_html"]
 
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}
 <title>{status} {title}</title>
 <style>
 body{{font:16px/1.5 system-ui,sans-serif;max-width:38rem;margin:12vh auto;
@@ -42,6 +42,8 @@ class ErrorPage:
     detail: str
     hint: str = ""
     retry_after_s: int | None = None
+    refresh_s: int | None = None
+    """The HTML page reloads itself after this long (a browser tab comes back alone)."""
 
 
 def wants_html(accept: str | None) -> bool:
@@ -52,7 +54,11 @@ def wants_html(accept: str | None) -> bool:
 def render(page: ErrorPage, html_wanted: bool) -> tuple[list[tuple[str, str]], bytes]:
     """A page's headers (framing aside) and body, as HTML or plain text."""
     if html_wanted:
+        refresh = (
+            f'\n<meta http-equiv="refresh" content="{page.refresh_s}">' if page.refresh_s else ""
+        )
         body = _HTML.format(
+            refresh=refresh,
             status=page.status,
             title=html.escape(page.title),
             detail=html.escape(page.detail),
@@ -99,9 +105,10 @@ def client_away() -> ErrorPage:
         "Link owner is offline",
         "The computer sharing this link is not connected to the relay right now "
         "(it may be reconnecting after a network drop).",
-        "Try again in a few seconds. If you own this link, check that `tunnel` is still "
-        "running and online.",
+        "Try again in a few seconds (a browser reloads this page by itself). If you own "
+        "this link, check that `tunnel` is still running and online.",
         retry_after_s=5,
+        refresh_s=5,
     )
 
 
@@ -174,8 +181,8 @@ def local_timeout(seconds: float) -> ErrorPage:
         504,
         "The local server is too slow",
         f"The app on the owner's machine did not start answering within {seconds:g} s.",
-        "If you own this link, raise the relay's response timeout or make the app answer "
-        "sooner (streaming responses are never cut).",
+        "If you own this link, make the app answer sooner (streaming responses are never "
+        "cut); the relay's operator can raise --response-timeout (RELAY_RESPONSE_TIMEOUT).",
     )
 
 

@@ -22,7 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from tunnel_client.protocol.aio import Stream, bridge_websocket_frames
+from tunnel_client.protocol.aio import Stream, bridge_codec
 from tunnel_client.protocol.errors import (
     HeadTooLarge,
     ResetCode,
@@ -35,7 +35,7 @@ from tunnel_client.protocol.wsframes import WebSocketCodec
 
 from . import pages
 from .directory import Link, LinkState
-from .forwarding import client_address, forward_request_headers, response_headers
+from .forwarding import forward_request_headers, response_headers
 from .http1 import (
     LENGTH,
     NO_BODY,
@@ -48,6 +48,7 @@ from .http1 import (
     websocket_accept,
     websocket_problem,
 )
+from .routing import PeerLink
 
 if TYPE_CHECKING:
     from .app import Relay
@@ -106,6 +107,8 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
     if not _rate_allows(relay, link):
         conn.send_page(pages.too_many("This link gets too many requests"), request)
         return
+    if relay.cluster is not None and isinstance(relay.seam.where(sub), PeerLink):
+        relay.observe.cross_node_forward()  # the request goes on the hop to its node
     host = request.host or ""
     # http1 held the request to the tunnel's rules for heads as it parsed it.
     head = RequestHead.prechecked(
@@ -115,11 +118,7 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
             request.headers,
             public_host=host,
             scheme=conn.edge.scheme,
-            client_ip=client_address(
-                conn.peer, request.header_all("x-forwarded-for"), config.trusted_proxies
-            )
-            if config.trusted_proxies
-            else conn.peer,
+            client_ip=conn.visitor_address(request),
             drop=_DROPS[link.visitor_auth is not None, websocket],
         ),
         websocket,
@@ -365,10 +364,13 @@ class _Exchange:
             head.headers, domain=self.relay.config.domain, host=_bare(self.host)
         )
         if head.status == 101:
+            conn.status = 101
             conn.task = conn.loop.create_task(self._relay_websocket(fields.headers))
             return
         status = head.status
         problem = _length_problem(request, status, fields.lengths, ended)
+        if problem is None:
+            conn.status = status
         if problem is not None:
             # Passed on, a lying length would desync the visitor's keep-alive connection.
             logger.debug("stream %d: %s", stream.id, problem)
@@ -492,9 +494,30 @@ class _Exchange:
             upgrade = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
             conn.write(response_head(101, headers, upgrade))
             conn.upgrade()
-            await bridge_websocket_frames(self.stream, WebSocketCodec(mask=False), conn)
+            await bridge_codec(self.stream, WebSocketCodec(mask=False), _Channel(conn))
         finally:
             self._done(False)
+
+
+class _Channel:
+    """The visitor's connection, upgraded, as the WebSocket bridge's byte channel."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: VisitorConnection) -> None:
+        self.conn = conn
+
+    async def read(self) -> bytes:
+        return bytes(await self.conn.read())
+
+    def write(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    async def drain(self) -> None:
+        await self.conn.drain()
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 @functools.lru_cache(maxsize=1024)

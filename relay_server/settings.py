@@ -16,9 +16,11 @@ from tunnel_client.protocol.parsers import (
     Flag,
     Many,
     Number,
+    Parser,
     Size,
     Text,
     Whole,
+    shown,
 )
 from tunnel_client.protocol.settings import Resolution, Setting, Table
 from tunnel_client.protocol.window import MAX_WINDOW, MIN_WINDOW
@@ -27,7 +29,10 @@ from .config import (
     MAX_HEADER_BYTES,
     MAX_HEADER_BYTES_WHY,
     RelayConfig,
+    access_log_problem,
+    broker_url_problem,
     domain_problem,
+    peer_url_problem,
     proxy_problem,
 )
 
@@ -43,6 +48,30 @@ def default_lease_key_path(environ: Mapping[str, str]) -> Path:
     else:
         state = Path.home() / ".local" / "state"  # no $HOME (env -i): the password database
     return state / "sharetunnel" / "relay-lease-key.pem"
+
+
+def node_id_problem(node_id: str) -> str | None:
+    """Why ``node_id`` cannot name a node (it is an MQTT topic level), or None."""
+    if any(c in node_id for c in "/+#") or not node_id.isprintable() or len(node_id) > 128:
+        return f"node_id {node_id!r} may not hold /, +, # or control characters"
+    return None
+
+
+class Workers(Parser[int]):
+    """A number of processes, or ``auto`` (0) for one per core."""
+
+    metavar = "N|auto"
+
+    def parse(self, raw: object) -> int:
+        if isinstance(raw, str) and raw.strip().lower() == "auto":
+            return 0
+        try:
+            return Whole(1, 1024).parse(raw)
+        except ValueError:
+            raise ValueError(f"{shown(raw)} is not a number of workers (1..1024) or auto") from None
+
+    def format(self, value: int) -> str:
+        return "auto" if value == 0 else str(value)
 
 
 RELAY = Table(
@@ -225,6 +254,114 @@ RELAY = Table(
             parser=Choice("debug", "info", "warning", "error"),
             help="Log messages at this level and above (to stderr).",
             example="debug",
+        ),
+        Setting(
+            name="log_format",
+            parser=Choice("text", "json"),
+            help="json: every log line (and access log line) is one JSON object.",
+            example="json",
+        ),
+        Setting(
+            name="access_log",
+            parser=Text(check=access_log_problem),
+            metavar="FILE",
+            help="Log one line per visitor request to this file (- for stdout).",
+            unset="no access log",
+            example="-",
+        ),
+        Setting(
+            name="admin_host",
+            parser=Text(),
+            help="Address of the admin listener (metrics, health, the links API).",
+            example="::1",
+        ),
+        Setting(
+            name="admin_port",
+            parser=Whole(0, 65535),
+            help="Serve /metrics, /healthz, /readyz and /api/links on this port "
+            "(0: any free port).",
+            unset="no admin listener",
+            example="9090",
+        ),
+        Setting(
+            name="admin_token_file",
+            parser=FilePath(exists=True),
+            help="Bearer tokens (one per line) the admin API requires; /metrics, /healthz "
+            "and /readyz stay open. Reloaded on SIGHUP. Required off loopback.",
+            unset="the API is open to whoever reaches the admin listener",
+            example="admin-token",
+        ),
+        # -- cluster ---------------------------------------------------------------------
+        Setting(
+            name="cluster",
+            parser=Text(check=broker_url_problem),
+            help="Join a cluster through this MQTT broker (mqtt://HOST:PORT or mqtts://).",
+            unset="a relay on its own",
+            metavar="URL",
+            example="mqtt://broker:1883",
+        ),
+        Setting(
+            name="cluster_name",
+            parser=Text(),
+            help="Nodes with the same broker and name form one cluster (MQTT topics "
+            "sharetunnel/<name>/...).",
+            unset="the domain",
+            example="eu-1",
+        ),
+        Setting(
+            name="cluster_secret_file",
+            parser=FilePath(exists=True),
+            help="Secret shared by every node: signs announcements and the node-to-node "
+            "hop. Needed with --cluster.",
+            example="cluster-secret",
+        ),
+        Setting(
+            name="cluster_user",
+            parser=Text(),
+            help="User name at the broker.",
+            example="relay",
+        ),
+        Setting(
+            name="cluster_password",
+            parser=Text(),
+            secret=True,
+            help="Password at the broker (better: --cluster-password-file).",
+            example="hunter2",
+        ),
+        Setting(
+            name="cluster_password_file",
+            parser=FilePath(exists=True),
+            help="File holding the password at the broker.",
+            example="broker-password",
+        ),
+        Setting(
+            name="cluster_ca_file",
+            parser=FilePath(exists=True),
+            help="CA certificates to trust for an mqtts:// broker and https:// peer URLs.",
+            unset="the system's",
+            example="cluster-ca.pem",
+        ),
+        Setting(
+            name="node_id",
+            parser=Text(check=node_id_problem),
+            help="This node's name in the cluster.",
+            unset="<host name>:<port>",
+            example="relay-2",
+        ),
+        Setting(
+            name="peer_url",
+            parser=Text(check=peer_url_problem),
+            help="How other nodes reach this one.",
+            unset="http://<host>:<port> of this relay",
+            metavar="URL",
+            example="http://10.0.0.5:8080",
+        ),
+        Setting(
+            name="workers",
+            parser=Workers(),
+            help="Relay processes sharing the port, each a node of the cluster (needs "
+            "--cluster); auto: one per core.",
+            example="2",
         ),
     ),
 )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import os
 import ssl
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -13,13 +14,45 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["make_self_signed", "server_context"]
+__all__ = [
+    "SELF_SIGNED_CERT",
+    "SELF_SIGNED_KEY",
+    "load_or_create_self_signed",
+    "make_self_signed",
+    "self_signed_names",
+    "server_context",
+]
+
+SELF_SIGNED_CERT = "relay-selfsigned-cert.pem"
+SELF_SIGNED_KEY = "relay-selfsigned-key.pem"
+
+VALIDITY = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=7)
+"""A kept certificate this close to its end is replaced at the next start."""
 
 
-def make_self_signed(domain: str, directory: Path) -> tuple[Path, Path]:
+def self_signed_names(domain: str) -> list[x509.GeneralName]:
+    """The names visitors and clients use: the domain (``localhost`` by default) and its
+    wildcard, plus the loopback addresses (``--relay https://127.0.0.1:8443``)."""
+    return [
+        x509.DNSName(domain),
+        x509.DNSName(f"*.{domain}"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+
+
+def make_self_signed(
+    domain: str,
+    directory: Path,
+    *,
+    cert_name: str = "relay-cert.pem",
+    key_name: str = "relay-key.pem",
+) -> tuple[Path, Path]:
     """Write a certificate for ``domain`` and ``*.domain`` (plus loopback) and its key.
 
-    Clients trust it with ``--ca-file <cert>``: the certificate is its own CA.
+    Clients trust it with ``--ca-file <cert>``: the certificate is its own CA. The key is
+    written mode 0600, each file whole or not at all (a temporary file, then a rename).
     """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{domain}")])
@@ -31,33 +64,70 @@ def make_self_signed(domain: str, directory: Path) -> tuple[Path, Path]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=90))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(domain),
-                    x509.DNSName(f"*.{domain}"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(self_signed_names(domain)), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path = directory / "relay-cert.pem"
-    key_path = directory / "relay-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.touch(mode=0o600)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key_path = directory / key_name
+    cert_path = directory / cert_name
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+    _write_atomically(key_path, key_pem, 0o600)
+    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """``path`` holds ``data`` with ``mode``, or is untouched; nothing else is left behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), mode)  # whatever the umask
+            file.write(data)
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def load_or_create_self_signed(domain: str, directory: Path) -> tuple[Path, Path, bool]:
+    """The self-signed certificate and key kept in ``directory``, made if needed.
+
+    A kept pair is reused while it names ``domain`` as :func:`self_signed_names` does,
+    its key matches and it has a week left; otherwise a new pair replaces it. Returns
+    the two paths and whether the pair was made now.
+    """
+    cert_path = directory / SELF_SIGNED_CERT
+    key_path = directory / SELF_SIGNED_KEY
+    if _usable(cert_path, key_path, domain):
+        return cert_path, key_path, False
+    cert_path, key_path = make_self_signed(
+        domain, directory, cert_name=SELF_SIGNED_CERT, key_name=SELF_SIGNED_KEY
+    )
+    return cert_path, key_path, True
+
+
+def _usable(cert_path: Path, key_path: Path, domain: str) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, TypeError, x509.ExtensionNotFound):
+        return False
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    same_key = key.public_key().public_bytes(encoding, public) == cert.public_key().public_bytes(
+        encoding, public
+    )
+    fresh = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > RENEW_BEFORE
+    return same_key and fresh and set(self_signed_names(domain)) <= set(names)
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -65,10 +135,3 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context
-
-
-def self_signed_context(domain: str, directory: Path | None = None) -> tuple[ssl.SSLContext, Path]:
-    """A server context with a fresh self-signed wildcard; returns it and the cert's path."""
-    where = directory or Path(tempfile.mkdtemp(prefix="sharetunnel-tls-"))
-    cert, key = make_self_signed(domain, where)
-    return server_context(cert, key), cert

@@ -25,10 +25,10 @@ class TokenStore:
     def required(self) -> bool:
         return self.path is not None
 
-    def reload(self) -> None:
-        """Read the file again; on error keep the tokens we had (and say so)."""
+    def reload(self) -> bool:
+        """Read the file again; on error keep the tokens we had (say so, return False)."""
         if self.path is None:
-            return
+            return False
         try:
             lines = self.path.read_text().splitlines()
         except OSError as exc:
@@ -37,11 +37,16 @@ class TokenStore:
                 self.path,
                 exc.strerror,
             )
-            return
+            return False
         tokens = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         # Keep digests, not tokens: an identifier for logs and limits that reveals nothing.
         self._digests = {self._digest(t): t for t in tokens}
         logger.info("loaded %d token(s) from %s", len(tokens), self.path)
+        return True
+
+    def knows(self, token_id: str) -> bool:
+        """Whether the token with this id is still in the file."""
+        return token_id in self._digests
 
     @staticmethod
     def _digest(token: str) -> str:

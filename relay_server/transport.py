@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from aiohttp import WSMsgType, web
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
 from tunnel_client.protocol.errors import RemoteProtocolError
 
@@ -12,9 +12,9 @@ __all__ = ["AiohttpTransport"]
 
 
 class AiohttpTransport:
-    """Adapts an aiohttp :class:`web.WebSocketResponse` to ``MessageTransport``."""
+    """Adapts an aiohttp WebSocket, server or client end, to ``MessageTransport``."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse | ClientWebSocketResponse) -> None:
         self.ws = ws
 
     async def send(self, message: bytes) -> None:

@@ -1,7 +1,8 @@
 """A local origin server for tests and benchmarks: what a tunnelled app might do.
 
 Run it as a process: ``python -m tests.origin --port 0 --ready-file f`` writes
-``{"port": N}`` to ``f`` once listening. Endpoints:
+``{"port": N}`` to ``f`` once listening (``--host ::1`` listens elsewhere, ``--tls-cert C
+--tls-key K`` serves https). Endpoints:
 
 =====================  ==============================================================
 ``/``                  a small fixed page
@@ -47,6 +48,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -349,11 +351,20 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(port: int, ready_file: Path | None) -> None:
+async def serve(
+    port: int,
+    ready_file: Path | None,
+    host: str = "127.0.0.1",
+    tls: tuple[Path, Path] | None = None,
+) -> None:
     app = make_app()
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    context = None
+    if tls is not None:  # https://, for `tunnel https://localhost:PORT`
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
+    site = web.TCPSite(runner, host, port, ssl_context=context)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     if ready_file is not None:
@@ -373,9 +384,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
     args = parser.parse_args()
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port, args.ready_file))
+        asyncio.run(serve(args.port, args.ready_file, args.host, tls))
 
 
 if __name__ == "__main__":

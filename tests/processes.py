@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,16 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["XDG_STATE_HOME"] = str(scratch_dir("state-"))
     env.update(extra or {})
     return env
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20, what: str = "") -> float:
+    """Poll a condition that another process makes true (no fixed sleep); the time it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout} s: {what or condition}")
+        time.sleep(0.02)
+    return time.monotonic() - started
 
 
 def _wait_file(
@@ -105,10 +115,11 @@ class Origin:
 
 
 @contextlib.contextmanager
-def run_origin() -> Iterator[Origin]:
+def run_origin(*args: str) -> Iterator[Origin]:
+    """``tests/origin.py`` (``--host ::1``, ``--tls-cert C --tls-key K`` among ``args``)."""
     ready = scratch_dir("origin-") / "ready.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.origin", "--ready-file", str(ready)],
+        [sys.executable, "-m", "tests.origin", "--ready-file", str(ready), *args],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -129,6 +140,8 @@ class RelayProcess:
     port: int
     args: list[str]
     scheme: str = "http"
+    admin_port: int | None = None
+    """The admin listener's port (``--admin-port``), from the ready file."""
     lines: list[str] = field(default_factory=list)
     """Everything the relay logged so far (drained continuously, so it never blocks)."""
     _drain: threading.Thread | None = None
@@ -186,6 +199,7 @@ def start_relay(*args: str, port: int = 0, env: dict[str, str] | None = None) ->
         relay.stderr_text()
         raise
     relay.port = info["port"]
+    relay.admin_port = info.get("admin_port")
     relay.scheme = "https" if info["url"].startswith("https") else "http"
     return relay
 
@@ -291,7 +305,7 @@ class TunnelProcess:
 
 
 def start_tunnel(
-    port: int,
+    port: int | str,
     *args: str,
     relay: RelayProcess | None = None,
     env: dict[str, str] | None = None,
@@ -317,7 +331,10 @@ def start_tunnel(
 
 @contextlib.contextmanager
 def run_tunnel(
-    port: int, *args: str, relay: RelayProcess | None = None, env: dict[str, str] | None = None
+    port: int | str,
+    *args: str,
+    relay: RelayProcess | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[TunnelProcess]:
     tunnel = start_tunnel(port, *args, relay=relay, env=env)
     try:

@@ -11,10 +11,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api import AsyncShare, Share, async_share, share
 
-__all__ = ["AsyncShare", "Share", "async_share", "share"]
+__all__ = ["AsyncShare", "Share", "__version__", "async_share", "share"]
+
+__version__: str
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # from the distribution's metadata, read on first use
+        from .protocol.version import package_version
+
+        return package_version()
     if name in __all__:
         from . import api
 

@@ -12,9 +12,10 @@ config file, then the defaults.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +28,37 @@ __all__ = ["AsyncShare", "Share", "async_share", "build_config", "share"]
 
 
 def build_config(
-    port: int,
+    target: int | str,
     *,
-    relay: str | None = None,
+    relay: str | Sequence[str] | None = None,
     token: str | None = None,
     local_host: str | None = None,
+    local_insecure: bool | None = None,
+    host_header: str | None = None,
     ttl: float | str | None = None,
     basic_auth: str | None = None,
     password: str | None = None,
     ca_file: str | Path | None = None,
     stream_window: int | str | None = None,
     response_timeout: float | str | None = None,
+    inspect: bool | int | str | None = None,
+    inspect_body_limit: int | str | None = None,
     use_environment: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> ClientConfig:
     """A :class:`ClientConfig`: arguments > ``TUNNEL_*`` variables > config file > default.
 
-    Arguments are the settings of ``tunnel share`` (:data:`tunnel_client.settings.CLIENT`)
-    but ``log_level``: durations in seconds or as text (``"2h"``), sizes in bytes or as
-    text (``"1MiB"``). ``environ`` replaces ``os.environ`` (it names the config file
-    too); ``use_environment=False`` reads neither variables nor a file.
+    ``target`` is the local server as ``tunnel`` takes it: ``8000``, ``"localhost:8000"``,
+    ``"[::1]:8000"``, ``"http://localhost:8000"`` or ``"https://localhost:8443"`` (a
+    host there wins over ``local_host``). Arguments are the settings of ``tunnel share``
+    (:data:`tunnel_client.settings.CLIENT`) but ``log_level``: durations in seconds or
+    as text (``"2h"``), sizes in bytes or as text (``"1MiB"``), ``relay`` one URL or several (a
+    list, or text with commas). ``environ`` replaces ``os.environ`` (it names the config
+    file too); ``use_environment=False`` reads neither variables nor a file.
+
+    One default differs from the command line's: no request inspector unless
+    ``inspect`` (True, a port or ``"host:port"``), ``TUNNEL_INSPECT`` or the file asks
+    for one, since a library rarely wants a port opened.
 
     Raises:
         ConfigError: every bad value, each named by where it came from.
@@ -55,17 +67,23 @@ def build_config(
         "relay": relay,
         "token": token,
         "local_host": local_host,
+        "local_insecure": local_insecure,
+        "host_header": host_header,
         "ttl": ttl,
         "basic_auth": basic_auth,
         "password": password,
         "ca_file": ca_file,
         "stream_window": stream_window,
         "response_timeout": response_timeout,
+        "inspect": inspect,
+        "inspect_body_limit": inspect_body_limit,
     }
     resolution = resolve(
         CLIENT, arguments, origin=Origin.ARGUMENT, environ=environ if use_environment else {}
     )
-    config, _ = client_config(resolution, port)
+    config, _ = client_config(resolution, target)
+    if resolution.values["inspect"].source.origin is Origin.DEFAULT:
+        config = dataclasses.replace(config, inspect=None)
     return config
 
 
@@ -98,6 +116,11 @@ class AsyncShare:
         if self.link is None:
             raise RuntimeError("the share has not started")
         return datetime.datetime.fromtimestamp(self.link.expires_at, datetime.UTC)
+
+    @property
+    def inspect_url(self) -> str | None:
+        """The request inspector's page (``inspect=True``), or None."""
+        return None if self._client is None else self._client.inspect_url
 
     async def start(self) -> AsyncShare:
         """Connect and wait for the link; raises why it could not be made."""
@@ -132,10 +155,10 @@ class AsyncShare:
 
 
 def async_share(
-    port: int, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
+    target: int | str, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
 ) -> AsyncShare:
-    """Share a local port from async code (see :func:`build_config` for options)."""
-    return AsyncShare(build_config(port, **options), on_event)
+    """Share a local server from async code (see :func:`build_config` for options)."""
+    return AsyncShare(build_config(target, **options), on_event)
 
 
 class Share:
@@ -187,6 +210,11 @@ class Share:
         return self._async.expires_at
 
     @property
+    def inspect_url(self) -> str | None:
+        """The request inspector's page (``inspect=True``), or None."""
+        return self._async.inspect_url
+
+    @property
     def alive(self) -> bool:
         """True while the link is being served."""
         return self._thread.is_alive()
@@ -210,12 +238,14 @@ class Share:
 
 
 def share(
-    port: int, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
+    target: int | str, *, on_event: Callable[[ClientEvent], None] | None = None, **options: Any
 ) -> Share:
-    """Share a local port from sync code; returns once the link answers.
+    """Share a local server from sync code; returns once the link answers.
 
-    Options: ``relay``, ``token``, ``local_host``, ``ttl`` (seconds or "2h"),
-    ``basic_auth`` ("user:pass") or ``password``, ``ca_file`` and more (see
-    :func:`build_config`). Close it with ``.close()`` or a ``with``.
+    ``target`` is a port (``7860``) or an address (``"localhost:8000"``,
+    ``"https://localhost:8443"``), as ``tunnel`` takes it. Options: ``relay``, ``token``,
+    ``local_host``, ``ttl`` (seconds or "2h"), ``basic_auth`` ("user:pass") or
+    ``password``, ``ca_file`` and more (see :func:`build_config`). Close it with
+    ``.close()`` or a ``with``.
     """
-    return Share(build_config(port, **options), on_event).start()
+    return Share(build_config(target, **options), on_event).start()

@@ -16,10 +16,11 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .config import ClientConfig
+from .config import ClientConfig, LocalTarget, parse_local_target
 from .display import HumanDisplay, JsonDisplay
 from .protocol.errors import ConfigError, TunnelError
-from .protocol.settings import Setting, option_spec, resolve
+from .protocol.settings import Origin, Resolved, option_specs, resolve
+from .protocol.version import package_version
 from .settings import CLIENT, client_config
 
 __all__ = ["main"]
@@ -31,7 +32,7 @@ class _DefaultToShare(click.Group):
     """A group where ``tunnel 7860`` means ``tunnel share 7860``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             args = ["share", *args]
         return super().parse_args(ctx, args)
 
@@ -46,7 +47,11 @@ def _options(command: _F) -> _F:
             help="Client TOML file (default: $XDG_CONFIG_HOME/sharetunnel/client.toml); its "
             f"keys are the setting names.  [env: {CLIENT.config_env_var}]",
         ),
-        *(click.option(*decls, **kwargs) for decls, kwargs in map(_option_spec, CLIENT)),
+        *(
+            click.option(*decls, **kwargs)
+            for setting in CLIENT
+            for decls, kwargs in option_specs(CLIENT, setting)
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line."),
         click.option("--quiet", "-q", is_flag=True, help="Do not print a line per request."),
         click.option(
@@ -60,43 +65,56 @@ def _options(command: _F) -> _F:
     return command
 
 
-def _option_spec(setting: Setting) -> tuple[list[str], dict[str, Any]]:
-    return option_spec(CLIENT, setting)
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"tunnel {package_version()}")
+        ctx.exit()
 
 
 @click.group(cls=_DefaultToShare, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Print the version and exit.",
+)
 def main() -> None:
     """Share a local HTTP server through a relay: `tunnel 7860` prints a public link."""
 
 
 @main.command()
-@click.argument("port", type=click.IntRange(1, 65535), metavar="PORT")
+@click.argument("target", metavar="TARGET")
 @_options
 def share(
-    port: int, config: str | None, as_json: bool, quiet: bool, qr: bool | None, **given: Any
+    target: str, config: str | None, as_json: bool, quiet: bool, qr: bool | None, **given: Any
 ) -> None:
-    """Share http://LOCAL_HOST:PORT and print its public link."""
+    """Share the local server at TARGET and print its public link.
+
+    TARGET is a port (8000: http://LOCAL_HOST:8000), HOST:PORT, [IPV6]:PORT,
+    http://HOST:PORT or https://HOST:PORT.
+    """
+    local = _local_target(target, as_json)
     try:
         resolution = resolve(CLIENT, given, config=config)
-        client, generated = client_config(resolution, port)
+        client, generated = client_config(resolution, local)
     except ConfigError as exc:
         _fail(exc.problems, as_json)
-    logging.basicConfig(
-        level=resolution["log_level"].upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _setup_logging(resolution.values["log_level"], as_json)
     display: Any
     if as_json:
-        display = JsonDisplay(client.local_label, quiet=quiet)
+        display = JsonDisplay(client.local_url, quiet=quiet)
     else:
         show_qr = sys.stdout.isatty() if qr is None else qr
-        display = HumanDisplay(client.local_label, quiet=quiet, qr=show_qr)
+        display = HumanDisplay(client.local_url, quiet=quiet, qr=show_qr, qr_asked=qr is True)
     if generated is not None:
         display.login = ("share", generated)
+    display.protected = client.visitor_auth is not None
     failure = None
     try:
-        asyncio.run(_run(client, display))
+        with asyncio.Runner(loop_factory=event_loop) as runner:
+            runner.run(_run(client, display))
     except TunnelError as exc:  # refusals, an unreachable relay: one line, no traceback
         failure = str(exc)
     finally:
@@ -105,12 +123,45 @@ def share(
         _fail([failure], as_json)
 
 
-def _fail(problems: list[str], as_json: bool) -> NoReturn:
+def _local_target(target: str, as_json: bool) -> LocalTarget:
+    """TARGET read, or exit 2 (a usage error, as click's own) with one line saying why."""
+    try:
+        return parse_local_target(target)
+    except ValueError as exc:
+        _fail([f"TARGET {exc}"], as_json, code=2)
+
+
+def _setup_logging(level: Resolved, as_json: bool) -> None:
+    """Log lines to stderr; a terminal display gets none but errors unless asked.
+
+    Warnings such as a missed keepalive come with an event the display already shows
+    in words (``reconnecting...``), so time-stamped log lines would only repeat them.
+    """
+    if as_json or level.source.origin is not Origin.DEFAULT:
+        logging.basicConfig(
+            level=level.value.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    else:
+        logging.basicConfig(level="ERROR", stream=sys.stderr, format="tunnel: %(message)s")
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed, else asyncio's (see README, Performance)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _fail(problems: list[str], as_json: bool, code: int = 1) -> NoReturn:
     if as_json:
         click.echo(json.dumps({"event": "error", "message": "; ".join(problems)}))
     for problem in problems:
         click.echo(f"tunnel: {problem}", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 async def _run(config: ClientConfig, display: Any) -> None:
@@ -133,19 +184,31 @@ async def _run(config: ClientConfig, display: Any) -> None:
 
 
 @main.command("check-config")
-@click.argument("port", type=click.IntRange(1, 65535), metavar="[PORT]", required=False)
+@click.argument("target", metavar="[TARGET]", required=False)
 @_options
 def check_config(
-    port: int | None, config: str | None, as_json: bool, quiet: bool, qr: bool | None, **given: Any
+    target: str | None,
+    config: str | None,
+    as_json: bool,
+    quiet: bool,
+    qr: bool | None,
+    **given: Any,
 ) -> None:
     """Print what `tunnel share` would use and where each value comes from (secrets masked)."""
+    local = None if target is None else _local_target(target, as_json)
     try:
         resolution = resolve(CLIENT, given, config=config)
-        # Checked as a whole like share does; without a PORT any valid one stands in.
-        client_config(resolution, port or 1)
+        # Checked as a whole like share does; without a TARGET any valid port stands in.
+        client, _ = client_config(resolution, local or LocalTarget(1))
     except ConfigError as exc:
         _fail(exc.problems, as_json)
-    port_line = f"port = {port}  (argument PORT)" if port else "port = none (not given)"
+    port = None if local is None else local.port
+    if local is None:
+        port_line = "port = none (not given)"
+    elif target is not None and target.strip().isdigit():
+        port_line = f"port = {port}  (argument PORT)"
+    else:  # the host in TARGET wins over local_host
+        port_line = f"target = {client.local_url}  (argument TARGET)"
     if as_json:
         rows = {name: {"value": shown, "source": src} for name, shown, src in resolution.rows()}
         file = resolution.file
@@ -155,6 +218,7 @@ def check_config(
             "config_file_source": str(file.source),
             "config_file_found": file.found,
             "port": port,
+            "target": None if local is None else client.local_url,
             "settings": rows,
         }
         click.echo(json.dumps(report))

@@ -83,6 +83,21 @@ class RelayTarget:
     url: str
     """The ``ws(s)://.../_tunnel`` URL."""
     ca_file: Path | None = None
+    given: str | None = None
+    """The relay as the user wrote it (``127.0.0.1:8080`` means ``wss://``), for hints."""
+
+    @property
+    def scheme_assumed(self) -> bool:
+        """True when the user gave no scheme, so ``wss://`` was assumed."""
+        return self.given is not None and "://" not in self.given
+
+    def plain_http_hint(self) -> str:
+        """``use --relay http://127.0.0.1:8080``: the same relay without TLS."""
+        base = (self.given or self.url).strip()
+        if "://" in base:
+            base = base.split("://", 1)[1]
+        base = base.removesuffix("/").removesuffix("/_tunnel")
+        return f"if it is a plain-HTTP relay, use --relay http://{base}"
 
 
 def _ssl_context(target: RelayTarget) -> ssl.SSLContext | None:
@@ -94,9 +109,22 @@ def _ssl_context(target: RelayTarget) -> ssl.SSLContext | None:
     return context
 
 
-def _describe(exc: BaseException) -> str:
+# OpenSSL's reasons when the far end answered a TLS hello with something else (an HTTP
+# server answers "HTTP/1.1 400", which it reads as a bad record).
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"}
+)
+
+
+def _describe(exc: BaseException, target: RelayTarget | None = None) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"its TLS certificate is not trusted ({exc.verify_message}); pass --ca-file"
+    if (
+        isinstance(exc, ssl.SSLError)
+        and target is not None
+        and (exc.reason in _NOT_TLS or target.scheme_assumed)
+    ):
+        return f"it does not speak TLS; {target.plain_http_hint()}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, OSError) and exc.strerror:
@@ -132,9 +160,10 @@ async def open_tunnel(
             user_agent_header=agent,
         )
     except (TimeoutError, OSError, websockets.InvalidHandshake, ssl.SSLError) as exc:
-        raise RelayUnavailable(
-            f"cannot reach the relay at {target.url}: {_describe(exc)}"
-        ) from None
+        why = _describe(exc, target)
+        if target.scheme_assumed and "plain-HTTP" not in why:
+            why += " (no scheme given: wss:// assumed)"
+        raise RelayUnavailable(f"cannot reach the relay at {target.url}: {why}") from None
     transport = WebSocketTransport(ws)
     try:
         await ws.send(hello.encode())

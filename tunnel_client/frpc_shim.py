@@ -194,14 +194,16 @@ def parse_frpc_args(argv: Sequence[str]) -> FrpcArgs:
     )
 
 
-def _relay_for(args: FrpcArgs, env: Mapping[str, str], configured: str | None) -> str | None:
+def _relay_for(
+    args: FrpcArgs, env: Mapping[str, str], configured: tuple[str, ...]
+) -> tuple[str, ...]:
     if configured:
         return configured
     chosen = env.get("GRADIO_SHARE_SERVER_ADDRESS")
     if chosen and args.server_addr == chosen:
         secure = args.tls_enable or chosen.endswith(":443")
-        return f"{'wss' if secure else 'ws'}://{chosen}"
-    return None  # the embedded relay
+        return (f"{'wss' if secure else 'ws'}://{chosen}",)
+    return ()  # the embedded relay
 
 
 def _say(line: str) -> None:
@@ -236,7 +238,7 @@ async def _serve(args: FrpcArgs, env: Mapping[str, str]) -> int:
         )
         relay = _relay_for(args, env, config.relay)
         ca_file = config.ca_file
-        if ca_file is None and relay == f"wss://{args.server_addr}" and args.tls_ca_file:
+        if ca_file is None and relay == (f"wss://{args.server_addr}",) and args.tls_ca_file:
             ca_file = Path(args.tls_ca_file)
         config = dataclasses.replace(config, relay=relay, ca_file=ca_file)
     except (ConfigError, OSError, ValueError) as exc:
@@ -249,7 +251,7 @@ async def _serve(args: FrpcArgs, env: Mapping[str, str]) -> int:
         link = await client.wait_ready()
     except Exception as exc:
         await asyncio.gather(task, return_exceptions=True)
-        relay_name = config.relay or "the embedded relay"
+        relay_name = ", ".join(config.relay) or "the embedded relay"
         _say(f"login to server failed: sharetunnel ({relay_name}): {exc}")
         return 1
     # Gradio reads the line up to "\n"; ours has no "\r" and no trailing slash, like frp's.

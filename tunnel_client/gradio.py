@@ -24,6 +24,10 @@ right, all undone by :func:`uninstall`:
   assets then come from the app through the relay like every other request. The relay
   itself never rewrites response bodies. ``install(local_assets=False)`` keeps Gradio's
   CDN page (fewer bytes through the tunnel on the first visit).
+- Gradio prints its own expiry after the link ("This share link is temporary and will
+  last for up to 1 week..."), which is wrong for ours: ``print`` in ``gradio.blocks`` is
+  shadowed (a module global wins over the builtin) by one that drops that message and
+  passes everything else on, so the one expiry line is ours.
 - Failures: Gradio swallows any exception from ``setup_tunnel`` and prints a misleading
   "Missing file: ...frpc..." text, except for ``ShareCertificateWriteError``, whose
   message it prints as ``Could not create share link. <message>``. We raise a subclass
@@ -43,7 +47,7 @@ import functools
 import importlib
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,6 +80,8 @@ class _Installation:
         self.setup_tunnel: Callable[..., str] | None = None
         self.launch: Callable[..., Any] | None = None
         self.templates: Any = None
+        self.blocks: Any = None
+        """``gradio.blocks``, whose ``print`` we shadow."""
 
 
 _installed: _Installation | None = None
@@ -185,7 +191,8 @@ def _setup_tunnel(
     try:
         share = Share(config, on_event=_on_event).start()
     except RelayRefused as exc:
-        raise error(f"sharetunnel: the relay at {config.relay} refused the link: {exc}") from None
+        relays = ", ".join(config.relay)
+        raise error(f"sharetunnel: the relay at {relays} refused the link: {exc}") from None
     except Exception as exc:  # whatever it is, Gradio must print it and go on locally
         raise error(f"sharetunnel: {str(exc) or type(exc).__name__}") from None
     tunnel = GradioTunnel(share, host, int(local_port))
@@ -228,6 +235,17 @@ def _wrap_launch(original: Callable[..., Any]) -> Callable[..., Any]:
     return launch
 
 
+GRADIO_EXPIRY_NOTE = "This share link is temporary and will last for up to"
+"""The start of Gradio's own expiry message (Gradio 5 and 6), which is not about our links."""
+
+
+def _gradio_print(*args: Any, **kwargs: Any) -> None:
+    """``print`` for ``gradio.blocks``: everything but Gradio's note on how long links last."""
+    if args and isinstance(args[0], str) and args[0].lstrip().startswith(GRADIO_EXPIRY_NOTE):
+        return
+    print(*args, **kwargs)
+
+
 def _local_template_response(templates: Any) -> Callable[..., Any]:
     original = templates.TemplateResponse
 
@@ -241,7 +259,7 @@ def _local_template_response(templates: Any) -> Callable[..., Any]:
 
 
 def install(
-    relay: str | None = None,
+    relay: str | Sequence[str] | None = None,
     token: str | None = None,
     *,
     ca_file: str | Path | None = None,
@@ -277,6 +295,8 @@ def install(
             networking.setup_tunnel = _setup_tunnel
             installation.launch = blocks.Blocks.launch
             blocks.Blocks.launch = _wrap_launch(blocks.Blocks.launch)
+            blocks.print = _gradio_print
+            installation.blocks = blocks
             _installed = installation
         _installed.options = options
         templates = routes.templates
@@ -298,6 +318,8 @@ def uninstall() -> None:
             return
         _gradio("networking").setup_tunnel = installation.setup_tunnel
         _gradio("blocks").Blocks.launch = installation.launch
+        if getattr(installation.blocks, "print", None) is _gradio_print:
+            del installation.blocks.print  # the builtin again
         if installation.templates is not None:
             del installation.templates.TemplateResponse
 

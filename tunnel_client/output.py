@@ -11,10 +11,17 @@ nobody reads, request lines are dropped (and counted) rather than buffered witho
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TextIO
 
 __all__ = ["LineOutput"]
+
+GATHER_S = 0.005
+"""Once woken, the writer waits this long for more lines: at 2,000 requests a second it
+then writes about ten at a time. The loop wakes it only when it sleeps for want of
+lines, so once per batch, not per line (each wake-up is a notify under a lock and a
+thread switch for the GIL: a tenth of the client's time at a line per request)."""
 
 
 class LineOutput:
@@ -36,6 +43,8 @@ class LineOutput:
         self._pending_bytes = 0
         self._dropped = 0
         self._closed = False
+        self._idle = False
+        """True while the writer waits for lines: only then does a line wake it."""
         self._thread = threading.Thread(target=self._run, name="tunnel-output", daemon=True)
         self._thread.start()
 
@@ -50,7 +59,9 @@ class LineOutput:
                 self._dropped = 0
             self._pending.append(line)
             self._pending_bytes += len(line) + 1
-        self._wake.set()
+            wake, self._idle = self._idle, False
+        if wake:
+            self._wake.set()
 
     def _take(self) -> str:
         with self._lock:
@@ -60,8 +71,13 @@ class LineOutput:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
-            self._wake.clear()
+            with self._lock:
+                wait = self._idle = not self._pending and not self._closed
+            if wait:
+                self._wake.wait()
+                self._wake.clear()
+                if not self._closed:
+                    time.sleep(GATHER_S)
             text = self._take()
             if text:
                 try:

@@ -9,13 +9,23 @@ not settings.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import ClientConfig, host_problem, relay_problem
+from .config import (
+    ClientConfig,
+    InspectAt,
+    LocalTarget,
+    host_header_problem,
+    host_problem,
+    inspect_host_problem,
+    parse_local_target,
+    relay_problem,
+)
 from .protocol.errors import ConfigError
-from .protocol.parsers import Choice, Duration, FilePath, Size, Text
+from .protocol.parsers import Choice, Duration, FilePath, Flag, Many, Parser, Size, Text, shown
 from .protocol.settings import Origin, Resolution, Setting, Table
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
@@ -33,6 +43,54 @@ def default_config_path(environ: Mapping[str, str]) -> Path | None:
     return base / "sharetunnel" / "client.toml"
 
 
+class InspectAddress(Parser[InspectAt | None]):
+    """Where the inspector listens: ``auto``, a port, ``host:port``, or ``off``.
+
+    ``true``/``on`` mean ``auto`` and ``false``/``off`` no inspector, so that a TOML
+    file can say ``inspect = false``; a bare number is a port (``0``: any free port).
+    """
+
+    metavar = "ADDR"
+    _ON = frozenset({"auto", "on", "true", "yes"})
+    _OFF = frozenset({"off", "false", "no", "none"})
+    _ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+|auto)")
+
+    def parse(self, raw: object) -> InspectAt | None:
+        if isinstance(raw, bool):
+            return InspectAt() if raw else None
+        if isinstance(raw, int):
+            return InspectAt(port=self._port(raw, raw))
+        if not isinstance(raw, str):
+            raise ValueError(f"{shown(raw)} is not an address: use e.g. 4040 or 127.0.0.1:4040")
+        text = raw.strip()
+        if text.lower() in self._ON:
+            return InspectAt()
+        if text.lower() in self._OFF:
+            return None
+        if text.isdigit():
+            return InspectAt(port=self._port(int(text), raw))
+        match = self._ADDRESS.fullmatch(text)
+        if match is None:
+            raise ValueError(
+                f"{shown(raw)} is not an address: use a port (4040), host:port "
+                "(127.0.0.1:4040), auto or off"
+            )
+        host = match["v6"] or match["host"]
+        if problem := inspect_host_problem(host):
+            raise ValueError(problem)
+        port = None if match["port"] == "auto" else self._port(int(match["port"]), raw)
+        return InspectAt(host, port)
+
+    @staticmethod
+    def _port(port: int, raw: object) -> int:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{shown(raw)}: port {port} is not in 0..65535")
+        return port
+
+    def format(self, value: InspectAt | None) -> str:
+        return "off" if value is None else str(value)
+
+
 def _auth_problem(auth: str) -> str | None:
     return None if ":" in auth else "basic auth must be given as user:password"
 
@@ -44,18 +102,35 @@ CLIENT = Table(
     settings=(
         Setting(
             name="relay",
-            parser=Text(check=relay_problem),
+            parser=Many(Text(check=relay_problem)),
             metavar="URL",
-            help="Relay base URL (ws://, wss://, http:// or https://). Default: an embedded "
-            "relay on this machine (local-only link).",
+            help="Relay base URL (ws://, wss://, http:// or https://); several (repeat it, or "
+            "a comma-separated list) to fail over between relays. Default: an embedded relay "
+            "on this machine (local-only link).",
             unset="an embedded relay: the link works on this machine only",
             example="wss://share.example.com",
         ),
         Setting(
             name="local_host",
             parser=Text(check=host_problem),
-            help="Host of the local server.",
+            help="Host of the local server, when TARGET is only a port.",
             example="::1",
+        ),
+        Setting(
+            name="local_insecure",
+            parser=Flag(),
+            help="Accept any certificate from an https:// local server (a self-signed one).",
+            example="true",
+        ),
+        Setting(
+            name="host_header",
+            parser=Text(check=host_header_problem),
+            metavar="rewrite|HOST",
+            help="Host header the local server gets: 'rewrite' sends its own address "
+            "(for apps that check Host: Jupyter, Django's ALLOWED_HOSTS, Vite), else this "
+            "value. X-Forwarded-Host keeps the public name.",
+            unset="the visitor's",
+            example="rewrite",
         ),
         Setting(
             name="token",
@@ -114,11 +189,27 @@ CLIENT = Table(
             example="30s",
         ),
         Setting(
+            name="inspect",
+            parser=InspectAddress(),
+            off="off",
+            help="Serve the request inspector (list, bodies, replay) on this loopback "
+            "address: a port or host:port; auto takes 4040, else the next free port.",
+            unset="off: no inspector",
+            example="127.0.0.1:4141",
+        ),
+        Setting(
+            name="inspect_body_limit",
+            parser=Size(0, 16 << 20, why="the inspector keeps bodies in memory"),
+            help="The inspector keeps the first this many bytes of each request and response body.",
+            example="1MiB",
+        ),
+        Setting(
             name="log_level",
             field=None,
             parser=Choice("debug", "info", "warning", "error"),
             default="warning",
-            help="Log messages at this level and above (to stderr).",
+            help="Log messages at this level and above (to stderr). Unset, the terminal "
+            "display shows only errors, as sentences; --json gets warnings too.",
             example="debug",
         ),
     ),
@@ -128,14 +219,29 @@ CLIENT = Table(
 _STRENGTH = list(Origin)
 
 
-def client_config(resolution: Resolution, port: int) -> tuple[ClientConfig, str | None]:
-    """The client's config for ``port``, and the visitor password generated for it.
+def client_config(
+    resolution: Resolution, target: int | str | LocalTarget
+) -> tuple[ClientConfig, str | None]:
+    """The client's config for ``target``, and the visitor password generated for it.
+
+    ``target`` is a port or a local address as :func:`~.config.parse_local_target`
+    reads it; a host in it wins over the ``local_host`` setting.
 
     Raises:
         ConfigError: every problem with the values taken together.
     """
+    if not isinstance(target, LocalTarget):
+        try:
+            target = parse_local_target(target)
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
     visitor_auth, generated = _visitor_auth(resolution)
-    config = ClientConfig(port=port, visitor_auth=visitor_auth, **resolution.fields())
+    fields = resolution.fields()
+    if target.host is not None:
+        fields["local_host"] = target.host
+    config = ClientConfig(
+        port=target.port, local_scheme=target.scheme, visitor_auth=visitor_auth, **fields
+    )
     return config, generated
 
 

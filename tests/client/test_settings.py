@@ -225,10 +225,30 @@ def test_the_default_file_is_under_xdg_config_home(
     path = tmp_path / "config" / "sharetunnel" / "client.toml"
     path.parent.mkdir(parents=True)
     path.write_text('relay = "wss://share.example.com"\n')
-    assert tunnel("7860").config.relay == "wss://share.example.com"
+    assert tunnel("7860").config.relay == ("wss://share.example.com",)
     other = tmp_path / "other.toml"
     other.write_text('relay = "ws://127.0.0.1:1"\n')
-    assert tunnel("7860", "--config", str(other)).config.relay == "ws://127.0.0.1:1"
+    assert tunnel("7860", "--config", str(other)).config.relay == ("ws://127.0.0.1:1",)
+
+
+def test_several_relays_by_repeated_flag_list_or_commas(
+    tunnel: Callable[..., Run], tmp_path: Path
+) -> None:
+    one, two = "wss://a.example.com", "ws://127.0.0.1:9"
+    assert tunnel("7860", "--relay", one, "--relay", two).config.relay == (one, two)
+    assert tunnel("7860", env={"TUNNEL_RELAY": f"{one},{two}"}).config.relay == (one, two)
+    path = tmp_path / "client.toml"
+    path.write_text(f'relay = ["{one}", "{two}"]\n')
+    assert tunnel("7860", "--config", str(path)).config.relay == (one, two)
+    check = tunnel("check-config", "--relay", one, "--relay", two)
+    assert f"relay = {one}, {two}  (flag --relay)" in check.lines
+    bad = tunnel("7860", "--relay", one, "--relay", "ftp://x")
+    assert bad.result.exit_code == 1
+    assert bad.problems == [
+        "tunnel: --relay: relay URL 'ftp://x' must start with ws://, wss://, http:// or https://"
+    ]
+    assert build_config(1, relay=[one, two], environ={}).relay == (one, two)
+    assert build_config(1, relay=one, environ={}).relay == (one,)
 
 
 def test_password_alone_generates_one(tunnel: Callable[..., Run]) -> None:
@@ -260,7 +280,7 @@ def test_password_and_basic_auth_the_stronger_source_wins(tunnel: Callable[..., 
     [
         (["--ttl", "soon"], {}, '--ttl soon: "soon" is not a duration'),
         ([], {"TUNNEL_TTL": "0.5"}, "TUNNEL_TTL=0.5: 500ms is below the minimum 1s"),
-        (["--relay", "ftp://x"], {}, "--relay ftp://x: relay URL 'ftp://x' must start with"),
+        (["--relay", "ftp://x"], {}, "--relay: relay URL 'ftp://x' must start with"),
         ([], {"TUNNEL_STREAM_WINDOW": "1"}, "TUNNEL_STREAM_WINDOW=1: 1 is below the minimum"),
         (["--basic-auth", "nocolon"], {}, "--basic-auth nocolon: basic auth must be given as"),
         (["--ca-file", "/nonexistent"], {}, '--ca-file /nonexistent: "/nonexistent" does not'),
@@ -315,7 +335,7 @@ def test_the_api_reads_the_file_named_by_tunnel_config(tmp_path: Path) -> None:
     path = tmp_path / "client.toml"
     path.write_text('relay = "wss://share.example.com"\nttl = "2h"\ntoken = "t"\n')
     config = build_config(7860, environ={"TUNNEL_CONFIG": str(path)})
-    assert (config.relay, config.ttl_s, config.token) == ("wss://share.example.com", 7200, "t")
+    assert (config.relay, config.ttl_s, config.token) == (("wss://share.example.com",), 7200, "t")
 
 
 def test_the_api_reads_the_file_under_xdg_config_home(
@@ -330,7 +350,7 @@ def test_the_api_reads_the_file_under_xdg_config_home(
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     config = build_config(7860)  # os.environ, through the resolver
-    assert config.relay == "wss://share.example.com" and config.stream_window == 2 << 20
+    assert config.relay == ("wss://share.example.com",) and config.stream_window == 2 << 20
 
 
 def test_api_arguments_beat_env_beats_file(tmp_path: Path) -> None:

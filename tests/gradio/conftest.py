@@ -117,14 +117,11 @@ def launched(gr: ModuleType, demo: Any, **launch_args: Any) -> Iterator[tuple[st
     links afterwards, whatever happened.
     """
     printed = io.StringIO()
+    options = {"quiet": True, **launch_args}  # quiet=False: all that Gradio prints
     try:
         with contextlib.redirect_stdout(printed):
             _, local_url, share_url = demo.launch(
-                share=True,
-                prevent_thread_lock=True,
-                quiet=True,
-                server_port=free_port(),
-                **launch_args,
+                share=True, prevent_thread_lock=True, server_port=free_port(), **options
             )
         yield local_url, share_url, printed.getvalue()
     finally:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.gradio.cdp import Chromium
+from tests.cdp import Chromium
 from tests.gradio.conftest import GRADIO_WARNINGS, SharedApp
 from tests.processes import ROOT
 

@@ -157,3 +157,23 @@ def test_kill_closes_the_link(gr: ModuleType, relay: RelayProcess) -> None:
             assert wait_status(relay, host, 404) == 404
     finally:
         tunnel_gradio.uninstall()
+
+
+@pytest.mark.timeout(90)
+def test_one_expiry_line_ours_not_gradios(gr: ModuleType, relay: RelayProcess) -> None:
+    from tests.gradio.app import Probe, build_demo
+    from tunnel_client import gradio as tunnel_gradio
+
+    tunnel_gradio.install(relay=relay.url)
+    try:
+        # Not quiet: Gradio prints everything it would print to a user.
+        with launched(gr, build_demo(gr, Probe()), quiet=False) as (_, share_url, printed):
+            assert share_url is not None, printed
+    finally:
+        tunnel_gradio.uninstall()
+    assert f"* Running on public URL: {share_url}" in printed, printed
+    expiry = [line for line in printed.splitlines() if re.search("expire|temporary|week", line)]
+    assert len(expiry) == 1, printed
+    assert expiry[0].startswith("* Share link by sharetunnel; it expires "), expiry
+    # Uninstalled, Gradio's own print is back (ours was only ever a shadow of it).
+    assert "print" not in vars(gr.blocks)

@@ -84,8 +84,15 @@ def test_a_password_protects_the_link_before_anything_reaches_the_app(origin: Or
         assert good.status == 200
         seen = {name.lower() for name, _ in json.loads(good.body)["headers"]}
         assert "authorization" not in seen  # the relay's credentials stay at the relay
+        # Request lines come out in order (a few ms late): once a last request's line is
+        # out, every line before it is too.
+        last = fetch(
+            relay.port, tunnel.host, "/last", headers={"Authorization": _basic("share", "s3cret")}
+        )
+        assert last.status == 404
+        tunnel.wait_event("request", path="/last")
         requests = [e for e in tunnel.events if e.get("event") == "request"]
-        assert len(requests) == 1, "refused visitors must not reach the local server"
+        assert len(requests) == 2, "refused visitors must not reach the local server"
 
 
 def test_basic_auth_and_a_generated_password(origin: Origin) -> None:

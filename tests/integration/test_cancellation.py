@@ -8,8 +8,7 @@ module's own, so no other test's requests can move its counters.
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +20,7 @@ from tests.processes import (
     run_origin,
     run_relay,
     run_tunnel,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -39,16 +39,6 @@ def quiet_origin() -> Iterator[Origin]:
 def quiet_link(quiet_origin: Origin) -> Iterator[tuple[RelayProcess, TunnelProcess]]:
     with run_relay() as relay, run_tunnel(quiet_origin.port, relay=relay) as tunnel:
         yield relay, tunnel
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll a condition on another process; return how long it took to hold."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def visitor(relay: RelayProcess, tunnel: TunnelProcess, path: str) -> socket.socket:

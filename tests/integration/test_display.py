@@ -34,22 +34,26 @@ def _human_output(origin: Origin, relay_url: str, *args: str) -> list[str]:
 
 
 def test_qr_code_of_the_link_on_request(origin: Origin) -> None:
-    with run_relay() as relay:
+    # Links a phone can open: a public domain (machine-local links get no QR code).
+    with run_relay("--domain", "share.example.test") as relay:
         lines = _human_output(origin, relay.url, "--qr")
         match = re.match(r"Forwarding  (\S+)  ->  http://127\.0\.0\.1:\d+$", lines[0])
         assert match, lines
         url = match.group(1)
         assert lines[1].startswith("Expires     ")
-        printed = "\n".join(lines[2 : lines.index("Requests:")])
+        inspect = lines.index("Requests:") - 1
+        assert re.fullmatch(r"Inspect     http://127\.0\.0\.1:\d+", lines[inspect]), lines
+        printed = "\n".join(lines[2:inspect])
         assert printed == qr_text(url)
         assert "▄" in printed and len(printed.splitlines()) > 15
 
 
 def test_no_qr_code_when_piped_or_refused(origin: Origin) -> None:
-    with run_relay() as relay:
+    with run_relay("--domain", "share.example.test") as relay:
         for args in ((), ("--no-qr",)):
             lines = _human_output(origin, relay.url, *args)
-            assert lines[2] == "Requests:", lines
+            assert lines[2].startswith("Inspect     http://127.0.0.1:"), lines
+            assert lines[3] == "Requests:", lines
 
 
 def test_the_first_json_line_is_the_ready_event(origin: Origin) -> None:

@@ -28,15 +28,6 @@ from tests.rawhttp import RawConnection, RawResponse
 
 pytestmark = pytest.mark.integration
 
-# The relay passes these on exactly (tests/relay/test_edge.py checks the OPEN frame);
-# the client's forwarder still goes through aiohttp's client, which merges headers that
-# differ in case, encodes values as UTF-8 and normalises targets. Its replacement
-# writes the request itself (test_fidelity_client.py).
-CLIENT_NORMALISES = pytest.mark.xfail(
-    reason="the client's aiohttp-based forwarder changes it on the way to the app",
-    strict=False,
-)
-
 
 @dataclass
 class RawOrigin:
@@ -165,7 +156,6 @@ def header_lines(raw: bytes, name: bytes) -> list[bytes]:
 # -- headers --------------------------------------------------------------------------------
 
 
-@CLIENT_NORMALISES
 def test_headers_differing_only_in_case_reach_the_app_apart_with_their_case(
     setup: Setup,
 ) -> None:
@@ -175,7 +165,6 @@ def test_headers_differing_only_in_case_reach_the_app_apart_with_their_case(
     assert header_lines(raw, b"x-dup") == [b"X-Dup: 1", b"x-dup: 2"]
 
 
-@CLIENT_NORMALISES
 def test_obs_text_in_a_header_value_reaches_the_app_byte_for_byte(setup: Setup) -> None:
     value = b"caf\xe9 \xff\x80 end"
     raw = setup.received(
@@ -326,7 +315,7 @@ def test_an_invalid_websocket_upgrade_is_400_and_nothing_reaches_the_app(
 @pytest.mark.parametrize(
     "target",
     [
-        pytest.param("/x?", marks=CLIENT_NORMALISES),
+        "/x?",
         "/a%2Fb?x=%20",
         "/q?a=1&&b=%zz;c",
         "/%7e//./../p",
@@ -343,7 +332,6 @@ def test_any_token_method_is_forwarded(setup: Setup, method: str) -> None:
     assert lines_of(raw)[0] == f"{method} /pot HTTP/1.1".encode()
 
 
-@CLIENT_NORMALISES
 def test_options_asterisk_is_forwarded(setup: Setup) -> None:
     raw = setup.received(f"OPTIONS * HTTP/1.1\r\nHost: {setup.host}\r\n\r\n".encode())
     assert lines_of(raw)[0] == b"OPTIONS * HTTP/1.1"

@@ -321,10 +321,17 @@ def test_upload_arrives_byte_identical(link: Link, framing: str, size: int) -> N
     assert echo["sha256"] == _pattern_sha256(size)
     if framing == "fixed":
         assert _values(echo, "Content-Length") == [str(size)]
-    elif size > 0:
-        # Streamed on without knowing the length: never gathered up to count it.
+    elif size > 256 * 1024:
+        # Streamed on without knowing the length: never gathered up to count it (more
+        # than a stream window cannot all be at the client before its request starts).
         assert _values(echo, "Transfer-Encoding") == ["chunked"]
         assert _values(echo, "Content-Length") == []
+    elif size > 0:
+        # A body that was all at the client before its request started may go with its
+        # length: the relay forwards each chunk as it is decoded, so a 1-byte body and
+        # its end often travel with the request head.
+        framing = (_values(echo, "Transfer-Encoding"), _values(echo, "Content-Length"))
+        assert framing in ((["chunked"], []), ([], [str(size)])), framing
 
 
 def test_a_gzip_response_keeps_its_encoding_and_compressed_bytes(link: Link) -> None:

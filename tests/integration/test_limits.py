@@ -14,7 +14,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
@@ -30,6 +30,7 @@ from tests.processes import (
     run_relay,
     run_tunnel,
     start_tunnel,
+    wait_until,
 )
 from tests.rawhttp import RawConnection
 from tunnel_client.protocol.settings import resolve
@@ -39,14 +40,6 @@ pytestmark = pytest.mark.integration
 MIB = 1 << 20
 GRADIO_HEARTBEAT_S = 15.0
 """Gradio's queue sends an SSE heartbeat this often; a shorter idle timeout breaks it."""
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20, what: str = "") -> None:
-    """Poll a condition that another process makes true (no fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
-        time.sleep(0.02)
 
 
 def origin_stats(origin: Origin) -> dict[str, int]:

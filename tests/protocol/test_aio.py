@@ -21,6 +21,7 @@ from tunnel_client.protocol.aio import (
     Stream,
     WebSocketClosed,
     WebSocketMessage,
+    bridge_codec,
     bridge_websocket,
 )
 from tunnel_client.protocol.errors import (
@@ -36,6 +37,7 @@ from tunnel_client.protocol.frames import FrameType
 from tunnel_client.protocol.heads import RequestHead, ResponseHead
 from tunnel_client.protocol.mux import Mux, Role
 from tunnel_client.protocol.window import MIN_WINDOW
+from tunnel_client.protocol.wsframes import Close, Message, WebSocketCodec
 
 WINDOW = MIN_WINDOW
 Handler = Callable[[Stream], Awaitable[None]]
@@ -749,3 +751,175 @@ async def test_a_bridge_over_a_stream_that_ended_only_winds_down() -> None:
         await asyncio.wait_for(bridge_websocket(stream, visitor), 5)
         assert visitor.closes == []  # its own close was answered; nothing to pass on
         assert not t.relay.mux.is_live(stream.id)
+
+
+# -- writing from callbacks ----------------------------------------------------------------
+
+
+async def test_write_nowait_takes_what_credit_allows_and_ends_with_the_last_byte() -> None:
+    body = bytes(range(256)) * (3 * WINDOW // 256)  # three windows, many frames
+    taken: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
+
+    async def answer(stream: Stream) -> None:
+        assert stream.peer_ended and not stream.has_data  # the OPEN had FIN
+        stream.reply(OK)
+        first = stream.write_nowait(body, end=True)
+        taken.set_result((first, stream.writable))
+        await stream.write(body[first:])
+        await stream.end()
+
+    async with tunnel(answer) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        await stream.response()
+        first, still_writable = await taken
+        assert first == WINDOW and still_writable  # one window; no FIN without every byte
+        assert await read_all(stream) == body
+
+
+async def test_write_nowait_with_everything_sent_ends_the_stream_in_the_same_frame() -> None:
+    async def answer(stream: Stream) -> None:
+        stream.reply(OK)
+        assert stream.write_nowait(b"small", end=True) == 5
+        assert not stream.writable
+
+    async with tunnel(answer) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        await stream.response()
+        assert await read_all(stream) == b"small"
+        data = [f for f in frames_of(t.client.transport.sent) if f.type is FrameType.DATA]  # type: ignore[attr-defined]
+        assert len(data) == 1 and data[0].payload == b"small"
+
+
+async def test_write_nowait_takes_nothing_while_the_session_is_congested() -> None:
+    result: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+    async def answer(stream: Stream) -> None:
+        stream.reply(OK)
+        session = stream._session
+        session._in_flight = HIGH_WATER_BYTES + 1  # as if the transport were stuck
+        assert session.congested
+        blocked = stream.write_nowait(b"x")
+        session._in_flight = 0
+        result.set_result((blocked, stream.write_nowait(b"", end=True)))
+
+    async with tunnel(answer) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        await stream.response()
+        assert await result == (0, 0)
+        assert await read_all(stream) == b""
+
+
+# -- the codec bridge ----------------------------------------------------------------------
+
+
+class FakeChannel:
+    """The local server's connection, played by a server-side codec in the test."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.server = WebSocketCodec(mask=False)
+        self.closed = False
+        self.drained = 0
+
+    async def read(self) -> bytes:
+        return await self.incoming.get()
+
+    def write(self, data: bytes) -> None:
+        self.server.receive_data(data)
+
+    async def drain(self) -> None:
+        self.drained += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def server_sends(self, *calls: tuple[str, Any]) -> None:
+        for name, args in calls:
+            getattr(self.server, name)(*args[:-1], **args[-1])
+        self.incoming.put_nowait(self.server.data_to_send())
+
+    def received(self) -> list[Message | Close]:
+        return self.server.events_received()
+
+
+@contextlib.asynccontextmanager
+async def codec_bridged(
+    grace_s: float = 5.0,
+) -> AsyncIterator[tuple[Stream, FakeChannel, asyncio.Task[None]]]:
+    channel = FakeChannel()
+    bridge: asyncio.Future[asyncio.Task[None]] = asyncio.get_running_loop().create_future()
+
+    async def serve(stream: Stream) -> None:
+        stream.reply(SWITCH)
+        task = asyncio.create_task(
+            bridge_codec(
+                stream, WebSocketCodec(mask=True), channel, abort_code=1001, grace_s=grace_s
+            )
+        )
+        bridge.set_result(task)
+        await task
+
+    async with tunnel(serve) as t:
+        stream = t.relay.open_stream(WS)
+        await stream.response()
+        yield stream, channel, await bridge
+
+
+async def test_the_codec_bridge_keeps_text_and_binary_both_ways_and_answers_pings() -> None:
+    async with codec_bridged() as (stream, channel, _):
+        await stream.send_message("h\u00e9".encode(), text=True)
+        await stream.send_message(b"\x00\xff", text=False)
+        await until(lambda: channel.drained == 2)
+        assert channel.received() == [
+            Message("h\u00e9".encode(), True),
+            Message(b"\x00\xff", False),
+        ]
+        channel.server._frame(0x9, b"ping?")  # a PING from the server
+        channel.server_sends(("send_message", (b"\x80", {"text": False})))
+        item = await stream.receive_message()
+        assert isinstance(item, WebSocketMessage) and (item.data, item.text) == (b"\x80", False)
+        await until(lambda: channel.server._buffer == bytearray() and channel.received() == [])
+
+
+async def test_a_close_from_the_server_passes_on_and_the_answer_comes_back() -> None:
+    async with codec_bridged() as (stream, channel, bridge):
+        channel.server_sends(("send_close", (4001, "asked to close", {})))
+        assert await stream.receive_message() == WebSocketClosed(4001, "asked to close")
+        assert not bridge.done()  # waiting for the visitor's answer
+        stream.send_close(4001, "asked to close")
+        await asyncio.wait_for(bridge, 5)
+        assert channel.received() == [Close(4001, "asked to close")] and channel.closed
+
+
+@pytest.mark.parametrize(("code", "expected"), [(4002, 4002), (1005, 1005), (1006, 1001)])
+async def test_a_close_from_the_stream_reaches_the_server(code: int, expected: int) -> None:
+    async with codec_bridged(grace_s=0.05) as (stream, channel, bridge):
+        stream.send_close(code, "visitor leaves" if code == 4002 else "")
+        await asyncio.wait_for(bridge, 5)
+        (close,) = channel.received()
+        assert isinstance(close, Close) and close.code == expected
+
+
+async def test_a_reset_or_a_vanished_server_end_the_codec_bridge() -> None:
+    async with codec_bridged() as (stream, channel, bridge):
+        stream.reset(ResetCode.CANCEL, "the visitor went away")
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(bridge, 5)
+        assert channel.received() == [Close(1001, "tunnel stream ended")] and channel.closed
+    async with codec_bridged(grace_s=0.05) as (stream, channel, bridge):
+        channel.incoming.put_nowait(b"")  # the connection closed without a close frame
+        assert await stream.receive_message() == WebSocketClosed(
+            1006, "the connection closed without a close"
+        )
+        await asyncio.wait_for(bridge, 5)
+        assert channel.closed
+
+
+async def test_a_server_breaking_the_framing_rules_gets_1002() -> None:
+    async with codec_bridged(grace_s=0.05) as (stream, channel, bridge):
+        channel.incoming.put_nowait(b"\x81\x82abcdef")  # masked by a server: forbidden
+        item = await stream.receive_message()
+        assert isinstance(item, WebSocketClosed) and item.code == 1002
+        await asyncio.wait_for(bridge, 5)
+        (close,) = channel.received()
+        assert isinstance(close, Close) and close.code == 1002

@@ -6,13 +6,15 @@ what our codec frames, it must read, in both roles, for any message.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.frames import Opcode
 from websockets.protocol import OPEN, Protocol, Side
 
-from tunnel_client.protocol.wsframes import Close, Message, WebSocketCodec
+from tunnel_client.protocol.wsframes import Close, Message, WebSocketCodec, apply_mask
 
 messages = st.lists(
     st.one_of(
@@ -126,3 +128,26 @@ def test_garbage_never_raises(data: bytes) -> None:
     codec.receive_data(data)
     for event in codec.events_received():
         assert isinstance(event, Message | Close)
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4096, 4097, 3 * 4096 + 5, 70_001])
+def test_the_pure_python_mask_xors_the_repeated_key(size: int) -> None:
+    data, key = os.urandom(size), os.urandom(4)
+    expected = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    assert apply_mask(data, key) == expected
+    assert apply_mask(expected, key) == data
+
+
+def test_a_faster_mask_function_can_be_given() -> None:
+    calls = []
+
+    def xor(data: bytes, key: bytes) -> bytes:
+        calls.append(len(data))
+        return apply_mask(data, key)
+
+    client = WebSocketCodec(mask=True, xor=xor)
+    server = WebSocketCodec(mask=False, xor=xor)
+    client.send_message(b"x" * 300, text=False)
+    server.receive_data(client.data_to_send())
+    assert server.events_received() == [Message(b"x" * 300, False)]
+    assert calls == [300, 300]  # masked by one side, unmasked by the other

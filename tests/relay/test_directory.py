@@ -247,3 +247,57 @@ async def test_live_links_are_never_evicted() -> None:
         d.claim_new(client_ip="a", token_id=None, key_hash="k", ttl_s=None)
     with pytest.raises(HandshakeRefused):
         d.claim_new(client_ip="b", token_id="t", key_hash="k", ttl_s=None)
+
+
+async def test_revoked_subdomains_outlive_the_memory_of_ended_links(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import relay_server.directory as directory_module
+
+    monkeypatch.setattr(directory_module, "ENDED_MEMORY", 3)
+    d = directory()
+    claim, _ = live(d)
+    sub = claim.link.subdomain
+    assert d.revoke(sub, "abuse")
+    d.note_revoked("a" * SUBDOMAIN_LENGTH, time.time() + 60)  # loaded from revoked.jsonl
+    for _ in range(5):  # more ended links than the memory holds
+        other, session = live(d)
+        session.ended = SessionEnded(GoAwayCode.NORMAL, "", by_peer=True)  # owner stopped
+        d.release(other)
+        assert d.ended(other.link.subdomain) is not None
+    for revoked in (sub, "a" * SUBDOMAIN_LENGTH):
+        assert d.ended(revoked) is not None
+        assert d.ended(revoked)[0] is LinkState.REVOKED  # type: ignore[index]
+        with pytest.raises(HandshakeRefused, match="taken down") as refused:
+            d.claim_lease(Lease(revoked, time.time() + 60, "k"), client_ip="10.0.0.9")
+        assert refused.value.code is GoAwayCode.AUTH_FAILED
+
+
+async def test_note_revoked_refuses_a_held_link_and_forgets_expired_ones() -> None:
+    d = directory()
+    claim, _ = live(d)
+    with pytest.raises(InvalidState):
+        d.note_revoked(claim.link.subdomain, time.time() + 60)
+    d.note_revoked("b" * SUBDOMAIN_LENGTH, time.time() - 1)
+    d.note_revoked("c" * SUBDOMAIN_LENGTH, time.time() + 60)  # prunes the expired one
+    assert "b" * SUBDOMAIN_LENGTH not in d._revoked
+    assert "c" * SUBDOMAIN_LENGTH in d._revoked
+
+
+async def test_watchers_hear_every_transition_and_cannot_break_one() -> None:
+    d = directory()
+    heard: list[tuple[str, str, str]] = []
+    d.watch(lambda link, old, event: heard.append((old.value, link.state.value, event.value)))
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a watcher's bug")
+
+    d.watch(broken)
+    claim, _ = live(d)
+    d.release(claim)
+    d.revoke(claim.link.subdomain, "abuse")
+    assert heard == [
+        ("claimed", "live", "welcomed"),
+        ("live", "away", "left"),
+        ("away", "revoked", "revoke"),
+    ]

@@ -31,8 +31,13 @@ from tests.settings_cases import (
 from tunnel_client.protocol.errors import ConfigError
 from tunnel_client.protocol.settings import Setting, resolve
 
-COMPANIONS = {"tls_cert": "tls_key", "tls_key": "tls_cert"}
-"""Settings that are only valid with another one set (RelayConfig checks the pair)."""
+COMPANIONS = {
+    "tls_cert": ("tls_key",),
+    "tls_key": ("tls_cert",),
+    "cluster": ("cluster_secret_file",),
+    "workers": ("cluster", "cluster_secret_file"),
+}
+"""Settings that are only valid with others set (RelayConfig checks them together)."""
 
 
 @dataclass
@@ -86,8 +91,8 @@ def set_one(setting: Setting, way: str, tmp_path: Path) -> tuple[list[str], dict
     text = example_text(setting, tmp_path)
     one = case(RELAY, setting, text, way, tmp_path)
     args = list(one.args)
-    if setting.name in COMPANIONS:
-        partner = RELAY[COMPANIONS[setting.name]]
+    for name in COMPANIONS.get(setting.name, ()):
+        partner = RELAY[name]
         args += [partner.option, example_text(partner, tmp_path)]
     return args, one.env, one.source
 
@@ -244,7 +249,7 @@ def test_values_that_clash_are_reported_by_the_config(relay: Any, tmp_path: Path
     [
         ("port = ", "not valid TOML"),
         ("[port]\nx = 1\n", "port: {x = 1} is not a whole number"),
-        ("colour = 1\n", "colour: unknown key (the keys are the setting names)"),
+        ("flavour = 1\n", "flavour: unknown key (the keys are the setting names)"),
         ("ttl = true\n", "ttl: true is not a duration"),
         (b"\xff\xfe", "the config file is not UTF-8 text"),
     ],

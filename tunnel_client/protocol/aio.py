@@ -25,12 +25,17 @@ at once, so before the stall this side had sent something within 1.5 intervals; 
 of at most one interval (a third of the timeout) keeps the peer's silence under 2.5
 intervals, short of the 3 intervals after which it gives up.
 
-:func:`bridge_websocket` joins an upgraded stream to a real WebSocket, message by
-message. It is written against :class:`WebSocketEnd`, which aiohttp's server and client
-WebSockets both satisfy, so this module still imports no WebSocket library.
-:func:`bridge_websocket_frames` does the same for a WebSocket whose frames this side
-parses itself, with :class:`~.wsframes.WebSocketCodec`, on a :class:`FrameConnection`
-(the relay's visitor connections).
+:func:`splice` serves a stream this side was asked to serve by opening the same request
+on another session and pumping both ways, stream to stream: how one relay node hands
+a visitor's request to the node that holds the link. Both streams keep their windows,
+so the splice buffers at most a window per direction.
+
+:func:`bridge_codec` joins an upgraded stream to a WebSocket spoken on a raw byte
+connection (a :class:`ByteChannel`) through the sans-I/O :class:`~.wsframes.WebSocketCodec`,
+message by message: the client with the local server's connection (``mask=True``), the
+relay with the visitor's (``mask=False``). :func:`bridge_websocket` does the same with a
+WebSocket object of a library (:class:`WebSocketEnd`, which aiohttp's server and client
+WebSockets both satisfy), so this module still imports no WebSocket library.
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import (
     GoAwayCode,
+    HeadTooLarge,
     InvalidState,
     RemoteProtocolError,
     ResetCode,
@@ -66,20 +72,21 @@ from .events import (
 )
 from .heads import RequestHead, ResponseHead
 from .mux import Bytes, Mux
-from .wsframes import Close, WebSocketCodec
+from .wsframes import Message, WebSocketCodec
 
 __all__ = [
     "HIGH_WATER_BYTES",
     "WS_CLOSE_GRACE_S",
-    "FrameConnection",
+    "ByteChannel",
     "MessageTransport",
     "Session",
     "Stream",
     "WebSocketClosed",
     "WebSocketEnd",
     "WebSocketMessage",
+    "bridge_codec",
     "bridge_websocket",
-    "bridge_websocket_frames",
+    "splice",
 ]
 
 HIGH_WATER_BYTES = 1 << 20
@@ -166,6 +173,11 @@ class Stream:
     def has_data(self) -> bool:
         """True when body bytes are already here: :meth:`read` returns them at once."""
         return bool(self._chunks)
+
+    @property
+    def peer_ended(self) -> bool:
+        """True once the peer's whole body is here: :meth:`read` no longer waits."""
+        return self._eof
 
     @property
     def error(self) -> StreamReset | SessionClosed | None:
@@ -269,6 +281,32 @@ class Stream:
                 break
             await self._await_credit()
         await self._session.wait_writable()
+
+    def write_nowait(self, data: Bytes, *, end: bool = False) -> int:
+        """Send as much of ``data`` as credit allows now, without waiting; return how much.
+
+        For callbacks that cannot await (a protocol's ``data_received``): what was not
+        taken must be sent later with :meth:`write`. Nothing is taken while the session
+        has more than :data:`HIGH_WATER_BYTES` queued for its transport. With ``end``,
+        the stream ends with the last byte (in the same frame) once every byte was taken.
+        """
+        self._check_usable()
+        session = self._session
+        if data and session.congested:
+            return 0
+        mux = self._mux
+        view = memoryview(data) if len(data) > mux.max_frame else data
+        taken = 0
+        while True:
+            n = mux.send_data(self.id, view[taken:] if taken else view, end_stream=end)
+            taken += n
+            if n == 0 or taken == len(data):
+                break
+        if taken or end:
+            session.flush()
+            if end and taken == len(data):
+                session.forget_if_done(self.id)
+        return taken
 
     async def end(self) -> None:
         """End our direction of the stream (FIN)."""
@@ -482,6 +520,11 @@ class Session:
     def flush(self) -> None:
         """Wake the write loop."""
         self._wake.set()
+
+    @property
+    def congested(self) -> bool:
+        """True while more than :data:`HIGH_WATER_BYTES` wait for the transport."""
+        return self.mux.pending_bytes + self._in_flight > HIGH_WATER_BYTES
 
     async def wait_writable(self) -> None:
         """Wait while too many bytes are queued for the transport."""
@@ -725,6 +768,25 @@ class WebSocketEnd(Protocol):
         """Close with a code and reason; returns False if already closed."""
 
 
+async def _both_ways(
+    one: Coroutine[Any, Any, None], other: Coroutine[Any, Any, None], grace_s: float
+) -> None:
+    """Run both directions of a relayed WebSocket until one ends, then stop the other.
+
+    When one end closed cleanly, the other gets ``grace_s`` to answer with its own
+    close (the closing handshake); a failure or a cancellation stops both at once.
+    """
+    directions = {asyncio.create_task(one), asyncio.create_task(other)}
+    try:
+        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
+        if pending and all(not t.cancelled() and t.exception() is None for t in done):
+            await asyncio.wait(pending, timeout=grace_s)
+    finally:
+        for task in directions:
+            task.cancel()
+        await asyncio.gather(*directions, return_exceptions=True)
+
+
 async def bridge_websocket(
     stream: Stream,
     ws: WebSocketEnd,
@@ -766,101 +828,193 @@ async def bridge_websocket(
             else:
                 await ws.send_bytes(item.data)
 
-    directions = {asyncio.create_task(ws_to_stream()), asyncio.create_task(stream_to_ws())}
     try:
-        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
-        if pending and all(not t.cancelled() and t.exception() is None for t in done):
-            # One end closed: give the other a moment to answer with its own close.
-            await asyncio.wait(pending, timeout=grace_s)
+        await _both_ways(ws_to_stream(), stream_to_ws(), grace_s)
     finally:
-        for task in directions:
-            task.cancel()
-        await asyncio.gather(*directions, return_exceptions=True)
         if not ws.closed:
             with contextlib.suppress(Exception):
                 await ws.close(code=abort_code, message=abort_reason.encode())
 
 
-class FrameConnection(Protocol):
-    """The byte stream under a WebSocket whose frames this side handles itself."""
+# -- splicing two streams ---------------------------------------------------------------
 
-    async def read(self) -> Bytes:
-        """The next bytes from the peer; ``b""`` once the connection is gone."""
+
+def _reset_args(
+    error: StreamReset | SessionClosed | None, lost: ResetCode, fallback: str
+) -> tuple[ResetCode, str]:
+    """How to pass one stream's abnormal end on to the other stream of a splice.
+
+    A reset passes on as it came; a lost session becomes ``lost``.
+    """
+    if isinstance(error, StreamReset):
+        return error.code, error.reason
+    if isinstance(error, SessionClosed):
+        return lost, f"{fallback}: {error.reason or error.code.name}"
+    return ResetCode.CANCEL, fallback
+
+
+async def _copy_body(source: Stream, sink: Stream) -> None:
+    """Body bytes from one stream into another, then its end; credit limits both sides."""
+    while chunk := await source.read():
+        await sink.write(chunk)
+    await sink.end()
+
+
+async def _copy_messages(source: Stream, sink: Stream) -> None:
+    """WebSocket messages of an upgraded stream into another, up to and with the close."""
+    while True:
+        item = await source.receive_message()
+        if isinstance(item, WebSocketClosed):
+            sink.send_close(item.code, item.reason)
+            return
+        await sink.send_message(item.data, text=item.text)
+
+
+async def splice(inbound: Stream, session: Session, head: RequestHead | None = None) -> None:
+    """Serve ``inbound`` by opening its request on ``session`` and pumping both ways.
+
+    ``inbound`` is a stream this side serves (it carries a request head); ``session`` is
+    one on which this side opens streams. The request (``head``, by default the one
+    ``inbound`` carries) and its body go out on a new stream of ``session``; its
+    response head and body, or once upgraded its WebSocket messages and close, come
+    back on ``inbound``. A reset on either stream resets the other with the same code,
+    and cancelling the call (the peer reset ``inbound``) resets the outbound stream.
+    Nothing is read faster than the other side grants credit.
+
+    Raises:
+        SessionClosed: ``session`` has ended; nothing was sent on either stream.
+        HeadTooLarge: the head does not fit an OPEN frame; nothing was sent.
+    """
+    request = head or inbound.request
+    if request is None:
+        raise InvalidState("only a stream opened by the peer carries a request to splice")
+    bodyless = inbound._eof and not inbound._chunks and not request.websocket
+    outbound = session.open_stream(request, end_stream=bodyless)
+    uploading: asyncio.Task[None] | None = None
+    if not bodyless and not request.websocket:
+        uploading = asyncio.create_task(_copy_body(inbound, outbound))
+    try:
+        reply, ended = await outbound.response()
+        try:
+            inbound.reply(reply, end_stream=ended)
+        except HeadTooLarge:
+            # Cannot happen with peers of the same limits; never let it end the session.
+            inbound.reset(ResetCode.UPSTREAM_HEAD_TOO_LARGE, "response head too large")
+            return
+        if reply.status == 101:
+            directions = {
+                asyncio.create_task(_copy_messages(inbound, outbound)),
+                asyncio.create_task(_copy_messages(outbound, inbound)),
+            }
+            try:
+                # Both closes (the closing handshake) or the first failure end it.
+                await asyncio.wait(directions, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for task in directions:
+                    task.cancel()
+                await asyncio.gather(*directions, return_exceptions=True)
+        elif not ended:
+            await _copy_body(outbound, inbound)
+    except (StreamReset, SessionClosed):
+        pass  # which side failed is read off the streams below
+    finally:
+        if uploading is not None:
+            uploading.cancel()
+            await asyncio.gather(uploading, return_exceptions=True)
+        if inbound.live and inbound.error is None and outbound.error is not None:
+            lost = ResetCode.INTERNAL_ERROR
+            inbound.reset(*_reset_args(outbound.error, lost, "the far connection ended"))
+        if outbound.live and outbound.error is None:
+            # The peer left (reset, or its session ended), or the answer is complete
+            # while the request body was still coming: the far side stops either way.
+            lost = ResetCode.CANCEL
+            outbound.reset(*_reset_args(inbound.error, lost, "the request was withdrawn"))
+
+
+class ByteChannel(Protocol):
+    """A byte connection that carries a WebSocket after its opening handshake."""
+
+    async def read(self) -> bytes:
+        """The next bytes from the peer; ``b""`` once the connection closed."""
 
     def write(self, data: bytes) -> None:
-        """Queue bytes for the peer (dropped once the connection is closing)."""
+        """Queue bytes for the peer."""
 
     async def drain(self) -> None:
-        """Wait while the peer does not take more."""
+        """Wait while too much is queued for the peer (it reads slower than we write)."""
 
     def close(self) -> None:
-        """Close the connection once what was written is sent."""
+        """Close the connection once what was written is out; must not raise."""
 
 
-GOING_AWAY = 1001
-"""RFC 6455 §7.4.1: the code passed on when an end's connection drops without a CLOSE.
+ABNORMAL_CLOSURE = 1006
+"""The close code (never sent in a frame, RFC 6455 §7.4.1) for a connection that ended
+without a closing handshake: a bridge passes it on the stream when its peer vanished,
+and sends its ``abort_code`` for it when it comes from the stream."""
 
-Such a WebSocket closed abnormally (1006, which no CLOSE frame may carry); 1001 tells
-the other end that its peer went away, never that it closed normally (1000)."""
 
-
-async def bridge_websocket_frames(
+async def bridge_codec(
     stream: Stream,
     codec: WebSocketCodec,
-    connection: FrameConnection,
+    channel: ByteChannel,
     *,
     abort_code: int = 1011,
     abort_reason: str = "tunnel stream ended",
     grace_s: float = WS_CLOSE_GRACE_S,
 ) -> None:
-    """:func:`bridge_websocket` for frames parsed here: ``codec`` on ``connection``.
+    """Relay messages between an upgraded stream and a WebSocket on ``channel``, both ways.
 
-    The codec answers PINGs itself; a close passes on with its code and reason, and
-    this end's closing handshake completes when the other end's close comes back. A
-    connection that drops without a CLOSE passes on :data:`GOING_AWAY`. If the bridge
-    ends any other way (a reset, a lost session), the connection gets a CLOSE with
-    ``abort_code``. The connection is closed on return.
+    ``codec`` frames for the channel's side of the connection: ``mask=True`` where this
+    side is the connection's client (the client, facing the local server), ``mask=False``
+    where it is the server (the relay, facing the visitor). Bytes that arrived with the
+    opening handshake go to ``codec.receive_data`` before the call.
+
+    Text stays text and binary stays binary; a close code and its reason pass on to the
+    other end, and the codec answers PINGs. Once one direction ended with a close, the
+    other has ``grace_s`` to send its own close back, then both stop. A peer whose
+    connection ends without a close is passed on as 1006; a 1006 from the stream (the
+    far peer vanished), a reset, a lost session or a cancellation close the channel's
+    WebSocket with ``abort_code``: 1001 (going away) for a client end, 1011 for a server
+    end. Returns normally in every case (but when cancelled); the channel is closed.
     """
 
-    async def connection_to_stream() -> None:
-        while data := await connection.read():
-            codec.receive_data(bytes(data))
-            if out := codec.data_to_send():
-                connection.write(out)  # PONGs, or the CLOSE of a broken rule
-            for event in codec.events_received():
-                if isinstance(event, Close):
-                    if stream.writable:
-                        stream.send_close(event.code, event.reason)
-                    return
-                await stream.send_message(event.data, text=event.text)
-        if stream.writable:
-            stream.send_close(GOING_AWAY, "the other end's connection dropped")
+    def send_out() -> None:
+        if out := codec.data_to_send():
+            channel.write(out)
 
-    async def stream_to_connection() -> None:
+    async def channel_to_stream() -> None:
+        while data := await channel.read():
+            codec.receive_data(data)
+            send_out()  # PONGs, and the CLOSE a broken rule earns
+            for event in codec.events_received():
+                if isinstance(event, Message):
+                    await stream.send_message(event.data, text=event.text)
+                elif stream.writable:
+                    stream.send_close(event.code, event.reason)
+                    return
+                else:
+                    return
+        if stream.writable:
+            stream.send_close(ABNORMAL_CLOSURE, "the connection closed without a close")
+
+    async def stream_to_channel() -> None:
         while True:
             item = await stream.receive_message()
             if isinstance(item, WebSocketClosed):
-                codec.send_close(item.code, item.reason)
-                connection.write(codec.data_to_send())
+                if item.code == ABNORMAL_CLOSURE:
+                    codec.send_close(abort_code, abort_reason)
+                else:
+                    codec.send_close(item.code, item.reason)
+                send_out()
                 return
             codec.send_message(item.data, text=item.text)
-            connection.write(codec.data_to_send())
-            await connection.drain()
+            send_out()
+            await channel.drain()
 
-    directions = {
-        asyncio.create_task(connection_to_stream()),
-        asyncio.create_task(stream_to_connection()),
-    }
     try:
-        done, pending = await asyncio.wait(directions, return_when=asyncio.FIRST_COMPLETED)
-        if pending and all(not t.cancelled() and t.exception() is None for t in done):
-            # One end closed: give the other a moment to answer with its own close.
-            await asyncio.wait(pending, timeout=grace_s)
+        await _both_ways(channel_to_stream(), stream_to_channel(), grace_s)
     finally:
-        for task in directions:
-            task.cancel()
-        await asyncio.gather(*directions, return_exceptions=True)
         if not codec.close_sent:
             codec.send_close(abort_code, abort_reason)
-            connection.write(codec.data_to_send())
-        connection.close()
+            send_out()
+        channel.close()

@@ -46,6 +46,7 @@ __all__ = [
     "Source",
     "Table",
     "option_spec",
+    "option_specs",
     "resolve",
 ]
 
@@ -105,6 +106,9 @@ class Setting:
     bare_means: str = ""
     """What :attr:`bare` means, for check-config: ``generated when the tunnel starts``."""
     metavar: str | None = None
+    off: str | None = None
+    """With a value, ``--no-NAME`` is an option too and stands for it
+    (``--no-inspect`` = ``--inspect off``)."""
     hidden: bool = False
     """Left out of ``--help`` (still a variable, a file key and in check-config)."""
 
@@ -116,6 +120,16 @@ class Setting:
     def option(self) -> str:
         """``--stream-window``."""
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def negation(self) -> str:
+        """``--no-inspect``: the option that sets :attr:`off` (only when there is one)."""
+        return "--no-" + self.option[2:]
+
+    @property
+    def negation_key(self) -> str:
+        """The key the command line passes the negation under: ``no_inspect``."""
+        return "no_" + self.name
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,23 @@ class Table:
         return self.prefix + "CONFIG"
 
 
+def option_specs(table: Table, setting: Setting) -> list[tuple[list[str], dict[str, Any]]]:
+    """:func:`option_spec`, and ``--no-NAME`` for a setting with :attr:`Setting.off`.
+
+    ``--no-NAME`` passes True under :attr:`Setting.negation_key`; :func:`resolve` reads it.
+    """
+    specs = [option_spec(table, setting)]
+    if setting.off is not None:
+        negation = {
+            "is_flag": True,
+            "default": None,
+            "hidden": setting.hidden,
+            "help": f"Same as {setting.option} {setting.off}.",
+        }
+        specs.append(([setting.negation_key, setting.negation], negation))
+    return specs
+
+
 def option_spec(table: Table, setting: Setting) -> tuple[list[str], dict[str, Any]]:
     """Declarations and keyword arguments of ``click.option`` for one setting.
 
@@ -224,7 +255,7 @@ class Resolved:
     def shown(self) -> str:
         """The value as check-config prints it: secrets masked, None explained."""
         setting = self.setting
-        if self.value is None:
+        if self.value is None or self.value == ():
             return f"none ({setting.unset})" if setting.unset else "none"
         if setting.bare is not None and self.value == setting.bare:
             return f"({setting.bare_means or 'given without a value'})"
@@ -279,12 +310,17 @@ def resolve(
         ConfigError: listing every problem, each naming the flag, variable or file key.
     """
     env = os.environ if environ is None else environ
-    given = {k: v for k, v in (given or {}).items() if v is not None and v != ()}
+    chosen = {k: v for k, v in (given or {}).items() if v is not None and v != ()}
     problems: list[str] = []
     file, data = _read_file(table, config, origin, env, problems)
     values = {}
     for setting in table:
-        raw, source, where = _pick(table, setting, given, origin, env, file, data)
+        if setting.off is not None and chosen.get(setting.negation_key):
+            if setting.name in chosen:
+                problems.append(f"{setting.option} and {setting.negation} exclude each other")
+                continue
+            chosen[setting.name] = setting.off
+        raw, source, where = _pick(table, setting, chosen, origin, env, file, data)
         if source.origin is Origin.DEFAULT:
             value = setting.default_from(env) if setting.default_from else raw
         elif setting.bare is not None and raw == BARE:
@@ -315,6 +351,8 @@ def _pick(
     if name in given:
         raw = given[name]
         if origin is Origin.FLAG:
+            if setting.off is not None and given.get(setting.negation_key):
+                return raw, Source(Origin.FLAG, setting.negation), setting.negation
             where = setting.option + (f" {raw}" if isinstance(raw, str) else "")
             return raw, Source(Origin.FLAG, setting.option), where
         return raw, Source(origin, name), f"{name}={raw!r}"

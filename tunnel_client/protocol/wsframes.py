@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Close", "Message", "WebSocketCodec"]
+__all__ = ["Close", "Message", "WebSocketCodec", "apply_mask"]
 
 _OP_CONT, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
 _OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
@@ -64,13 +65,37 @@ def _valid_close_code(code: int) -> bool:
     return (1000 <= code <= 1014 and code not in _ILLEGAL_CLOSE) or 3000 <= code <= 4999
 
 
-def _mask(data: bytes, key: bytes) -> bytes:
-    """XOR ``data`` with the 4-byte ``key`` repeated (§5.3), via one big-int operation."""
-    if not data:
-        return data
+_MASK_STEP = 4096
+"""Bytes XORed per big-int operation: one operation over a whole 256 KiB message is
+quadratic-ish (about 50 MB/s); 4 KiB pieces run at 300-450 MB/s."""
+
+
+def apply_mask(data: bytes, key: bytes) -> bytes:
+    """XOR ``data`` with the 4-byte ``key`` repeated (§5.3), in pure Python.
+
+    A C implementation runs at several GB/s: pass one as ``WebSocketCodec(xor=...)``
+    where a library provides it (``websockets.speedups.apply_mask``, aiohttp's).
+    """
     n = len(data)
-    repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+    if n <= _MASK_STEP:
+        if not n:
+            return data
+        repeated = (key * (n // 4 + 1))[:n]
+        return (int.from_bytes(data, "little") ^ int.from_bytes(repeated, "little")).to_bytes(
+            n, "little"
+        )
+    step = _MASK_STEP  # a multiple of 4: every piece starts on the key's first byte
+    key_int = int.from_bytes(key * (step // 4), "little")
+    view = memoryview(data)
+    out = bytearray(n)
+    whole = n - n % step
+    for i in range(0, whole, step):
+        out[i : i + step] = (int.from_bytes(view[i : i + step], "little") ^ key_int).to_bytes(
+            step, "little"
+        )
+    if whole < n:
+        out[whole:] = apply_mask(bytes(view[whole:]), key)
+    return bytes(out)
 
 
 class WebSocketCodec:
@@ -80,9 +105,18 @@ class WebSocketCodec:
         mask: True on the connection's client side (it must mask what it sends, §5.1),
             False on its server side (it must receive only masked frames).
         max_message: the largest message accepted from the peer, in bytes.
+        xor: the masking function, ``(data, key) -> data``: :func:`apply_mask` unless a
+            faster one is given (a C one is some 30 times faster).
     """
 
-    def __init__(self, *, mask: bool, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(
+        self,
+        *,
+        mask: bool,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        xor: Callable[[bytes, bytes], bytes] = apply_mask,
+    ) -> None:
+        self._xor = xor
         self._mask_out = mask
         self._max_message = max_message
         self._buffer = bytearray()
@@ -137,7 +171,7 @@ class WebSocketCodec:
             head += _U64.pack(n)
         if self._mask_out:
             key = os.urandom(4)
-            self._out.append(bytes(head) + key + _mask(payload, key))
+            self._out.append(bytes(head) + key + self._xor(payload, key))
         else:
             self._out.append(bytes(head) + payload)
 
@@ -197,7 +231,7 @@ class WebSocketCodec:
             return False
         payload = bytes(buf[key_end:end])
         if masked:
-            payload = _mask(payload, bytes(buf[offset:key_end]))
+            payload = self._xor(payload, bytes(buf[offset:key_end]))
         del buf[:end]
         return self._on_frame(opcode, bool(fin), payload)
 

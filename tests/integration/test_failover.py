@@ -1,0 +1,96 @@
+"""A client given several relays starts on the first that answers and moves when its
+relay dies, keeping its link: relays that share ``--lease-key`` honour each other's
+leases (without a cluster, the next relay resumes the link from the lease alone)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.processes import ROOT, Origin, _env, fetch, run_relay, start_tunnel, stop_process
+
+pytestmark = pytest.mark.integration
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sub_of(url: str) -> str:
+    return url.split("//", 1)[1].split(".", 1)[0]
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_client_moves_to_the_next_relay_and_keeps_its_link(
+    origin: Origin, tmp_path: Path, how: signal.Signals
+) -> None:
+    key = str(tmp_path / "lease-key.pem")
+    with (
+        run_relay("--lease-key", key, "--admin-port", "0") as first,
+        run_relay("--lease-key", key, "--admin-port", "0") as second,
+    ):
+        tunnel = start_tunnel(origin.port, "--relay", first.url, "--relay", second.url)
+        try:
+            sub = sub_of(tunnel.url)
+            assert f":{first.port}/" in tunnel.url
+            assert fetch(first.port, tunnel.host).status == 200
+            started = time.monotonic()
+            stop_process(first.proc, how)
+            back = tunnel.wait_event("reconnected", timeout=20)
+            elapsed = time.monotonic() - started
+            print(f"\nrelay {how.name}: the link moved to the second relay in {elapsed:.2f} s")
+            assert sub_of(back["url"]) == sub and f":{second.port}/" in back["url"]
+            host = f"{sub}.localhost:{second.port}"
+            for _ in range(5):
+                assert fetch(second.port, host, "/echo").status == 200
+            assert second.admin_port is not None
+            links = fetch(second.admin_port, "admin", "/api/links")
+            (link,) = json.loads(links.body)["links"]
+            assert link["subdomain"] == sub and link["state"] == "live"
+            metrics = fetch(second.admin_port, "admin", "/metrics").body.decode()
+            assert "sharetunnel_reconnects_total 1.0" in metrics
+        finally:
+            tunnel.stop()
+
+
+def test_a_client_starts_on_the_second_relay_when_the_first_is_down(origin: Origin) -> None:
+    down = f"ws://127.0.0.1:{closed_port()}"
+    with run_relay() as relay:
+        # TUNNEL_RELAY takes a comma-separated list.
+        tunnel = start_tunnel(origin.port, env={"TUNNEL_RELAY": f"{down},{relay.url}"})
+        try:
+            assert f":{relay.port}/" in tunnel.url
+            assert fetch(relay.port, tunnel.host).status == 200
+        finally:
+            tunnel.stop()
+
+
+def test_when_no_relay_answers_the_client_says_so_for_each() -> None:
+    ports = [closed_port(), closed_port()]
+    args = [a for p in ports for a in ("--relay", f"ws://127.0.0.1:{p}")]
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "tunnel_client", "8000", *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert time.monotonic() - started < 20
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("tunnel: no relay answered: cannot reach the relay at ")
+    assert all(str(port) in line for port in ports), line

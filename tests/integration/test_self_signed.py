@@ -1,0 +1,77 @@
+"""``tunnel-relay --self-signed``: one certificate, kept beside the lease key and reused,
+naming what visitors and clients use; no key material left anywhere else."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.processes import Origin, run_relay, run_tunnel
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+def _names(cert: Path) -> set[str]:
+    loaded = x509.load_pem_x509_certificate(cert.read_bytes())
+    names = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = set(names.get_values_for_type(x509.DNSName))
+    return dns | {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+
+
+def _announced(lines: list[str]) -> tuple[Path, str]:
+    for line in lines:
+        match = re.search(r"self-signed certificate for \S+: (\S+) \((made now|reused);", line)
+        if match:
+            return Path(match.group(1)), match.group(2)
+    raise AssertionError(f"no certificate line in {lines}")
+
+
+def test_the_certificate_is_kept_beside_the_lease_key_and_reused(
+    origin: Origin, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    lease_key = state / "lease.pem"
+    temp = tmp_path / "tmp"  # the relay's TMPDIR: nothing may be left there
+    temp.mkdir()
+    args = ("--self-signed", "--lease-key", str(lease_key))
+    with run_relay(*args, env={"TMPDIR": str(temp)}) as relay:
+        cert, how = _announced(relay.lines)
+        assert how == "made now"
+        key = cert.with_name("relay-selfsigned-key.pem")
+        assert cert == state / "relay-selfsigned-cert.pem"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert {"localhost", "*.localhost", "127.0.0.1"} <= _names(cert)
+        clients = f"clients: tunnel PORT --relay https://127.0.0.1:{relay.port} --ca-file {cert}"
+        assert clients in relay.lines, relay.lines
+        with run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel:
+            assert tunnel.url.startswith("https://")
+        first = cert.read_bytes(), key.read_bytes()
+    with run_relay(*args, env={"TMPDIR": str(temp)}) as relay:
+        assert _announced(relay.lines) == (cert, "reused")
+        # A client that trusted it once still does.
+        with run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel:
+            assert tunnel.url.startswith("https://")
+    assert (cert.read_bytes(), key.read_bytes()) == first
+    assert sorted(p.name for p in state.iterdir()) == [
+        "lease.pem",
+        "relay-selfsigned-cert.pem",
+        "relay-selfsigned-key.pem",
+    ]
+    assert list(temp.iterdir()) == []
+
+
+def test_a_domain_gets_its_names_and_another_domain_a_new_certificate(tmp_path: Path) -> None:
+    lease_key = tmp_path / "lease.pem"
+    args = ("--self-signed", "--lease-key", str(lease_key))
+    with run_relay(*args, "--domain", "share.test") as relay:
+        cert, how = _announced(relay.lines)
+        assert how == "made now"
+        assert {"share.test", "*.share.test"} <= _names(cert)
+        assert "localhost" not in _names(cert)
+    # Another domain: the kept certificate does not name it, so a new one replaces it.
+    with run_relay(*args) as relay:
+        assert _announced(relay.lines) == (cert, "made now")
+        assert {"localhost", "*.localhost", "127.0.0.1"} <= _names(cert)
