@@ -35,15 +35,18 @@ __all__ = ["accept_tunnel"]
 
 logger = logging.getLogger(__name__)
 
+TRANSPORT_MESSAGE_LIMIT = 2 * MAX_MESSAGE_BYTES
+"""aiohttp's own message limit on the tunnel: twice the protocol's bound, so that an
+oversized message reaches our decoder and gets a GOAWAY naming the rule, instead of
+aiohttp closing the connection (1009) first."""
+
 
 async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamResponse:
     """Serve one tunnel client for as long as its WebSocket lives."""
     if not relay.accepting:
         return web.Response(status=503, text="relay is shutting down; try another node\n")
     ws = web.WebSocketResponse(
-        # Twice the protocol's bound, so that an oversized message reaches our decoder and
-        # gets a GOAWAY naming the rule, instead of aiohttp dropping the connection first.
-        max_msg_size=2 * MAX_MESSAGE_BYTES,
+        max_msg_size=TRANSPORT_MESSAGE_LIMIT,
         compress=False,
         autoping=True,
         heartbeat=None,  # the protocol's own PING detects dead peers

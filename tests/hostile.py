@@ -26,9 +26,10 @@ from typing import TypeVar
 
 from hypothesis import strategies as st
 
+from relay_server.endpoint import TRANSPORT_MESSAGE_LIMIT
 from tunnel_client.protocol.errors import GoAwayCode, RemoteProtocolError
 from tunnel_client.protocol.events import DataReceived, ReplyReceived
-from tunnel_client.protocol.frames import MAX_MESSAGE_BYTES, Flags, FrameType, decode_frames
+from tunnel_client.protocol.frames import Flags, FrameType, decode_frames
 from tunnel_client.protocol.handshake import PROTOCOL_VERSION, Hello
 from tunnel_client.protocol.heads import RequestHead
 from tunnel_client.protocol.mux import Mux, Role
@@ -47,8 +48,9 @@ __all__ = [
 RELAY_WINDOW = MIN_WINDOW
 """The test relay runs with ``--stream-window 16KiB``: credit is easy to overrun."""
 
-TRANSPORT_LIMIT = MAX_MESSAGE_BYTES + 1024
-"""The relay's WebSocket refuses larger messages itself (close code 1009)."""
+TRANSPORT_LIMIT = TRANSPORT_MESSAGE_LIMIT
+"""The relay's WebSocket refuses larger messages itself (close code 1009); messages
+between the protocol's bound and this get GOAWAY PROTOCOL_ERROR from the decoder."""
 
 VISITOR_HEAD = RequestHead("GET", "/")
 

@@ -64,15 +64,6 @@ def tunnel(relay: RelayProcess, raw: RawOrigin) -> Iterator[TunnelProcess]:
         yield process
 
 
-RELAY_EDGE = pytest.mark.xfail(
-    reason="depends on the relay edge: aiohttp's adds Content-Type: application/octet-stream, "
-    "writes header values as UTF-8 (caf\\xe9 -> caf\\xc3\\xa9) and answers 500 with a "
-    "traceback for control bytes; the client's part is asserted beside this test",
-    strict=False,
-)
-"""For what the visitor sees where the relay's aiohttp edge still normalises it."""
-
-
 def visit(relay: RelayProcess, request: bytes) -> RawResponse:
     with RawConnection(relay.port) as conn:
         assert conn.send(request)
@@ -123,7 +114,6 @@ def test_a_refused_upgrade_reaches_the_visitor_whole(
     assert sent.values(b"Upgrade") == [b"websocket"]
 
 
-@RELAY_EDGE
 def test_no_content_type_is_added(
     relay: RelayProcess, raw: RawOrigin, tunnel: TunnelProcess
 ) -> None:
@@ -165,7 +155,6 @@ def test_the_client_passes_odd_bytes_in_response_header_values(
     no_traceback(tunnel)
 
 
-@RELAY_EDGE
 def test_odd_bytes_in_response_header_values_reach_the_visitor(
     relay: RelayProcess, raw: RawOrigin, tunnel: TunnelProcess
 ) -> None:
