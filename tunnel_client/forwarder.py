@@ -307,7 +307,7 @@ class _Exchange:
         if conn is None:
             conn = await self._connect()
         self.conn = conn
-        conn.receiver = self
+        conn.attach(self)
         assert conn.transport is not None
         conn.transport.writelines(data)
 
@@ -401,7 +401,7 @@ class _Exchange:
         )
         conn = await self._connect()
         self.conn = conn
-        conn.receiver = self
+        conn.attach(self)
         assert conn.transport is not None
         conn.transport.writelines(self._replay)
 

@@ -34,6 +34,10 @@ class Receiver(Protocol):
     def connection_lost(self, exc: Exception | None) -> None: ...
 
 
+EARLY_BYTES = 64 * 1024
+"""The most a fresh connection keeps of what the server said before being asked."""
+
+
 class LocalConnection(asyncio.Protocol):
     """One TCP (or TLS) connection to the local server."""
 
@@ -46,6 +50,11 @@ class LocalConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self._early: list[bytes] = []
+        """Bytes of a fresh connection that came before its first exchange took it."""
+        self._early_eof = False
+        self._early_lost: tuple[Exception | None] | None = None
+        self._used = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -53,15 +62,43 @@ class LocalConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
 
+    def attach(self, receiver: Receiver) -> None:
+        """Hand the connection to an exchange (write the request right after).
+
+        A server that speaks first (an SSH banner on the port, say) may have sent bytes,
+        or closed, before the first exchange took this fresh connection: they are passed
+        on once the caller has written its request, so its error says what came back.
+        """
+        self.receiver = receiver
+        if not self._used:
+            self._used = True
+            if self._early or self._early_eof or self._early_lost is not None:
+                asyncio.get_running_loop().call_soon(self._replay_early, receiver)
+
+    def _replay_early(self, receiver: Receiver) -> None:
+        early, self._early = self._early, []
+        for data in early:
+            if self.receiver is receiver:
+                receiver.data_received(data)
+        if self._early_eof and self.receiver is receiver:
+            receiver.eof_received()
+        if self._early_lost is not None and self.receiver is receiver:
+            self.receiver = None
+            receiver.connection_lost(self._early_lost[0])
+
     def data_received(self, data: bytes) -> None:
         if self.receiver is not None:
             self.receiver.data_received(data)
+        elif not self._used and sum(map(len, self._early)) < EARLY_BYTES:
+            self._early.append(data)
         else:
             self.abort()  # bytes nobody asked for: this connection is not usable
 
     def eof_received(self) -> bool:
         if self.receiver is not None:
             self.receiver.eof_received()
+        elif not self._used:
+            self._early_eof = True
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -71,6 +108,8 @@ class LocalConnection(asyncio.Protocol):
         receiver, self.receiver = self.receiver, None
         if receiver is not None:
             receiver.connection_lost(exc)
+        elif not self._used:
+            self._early_lost = (exc,)
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -424,3 +424,32 @@ async def test_https_to_the_local_server(tmp_path: Path) -> None:
                 await asyncio.wait_for(stream.response(), 10)
         assert reset.value.code is ResetCode.UPSTREAM_ERROR
         assert "TLS" in (t.records[0].error or ""), t.records
+
+
+@pytest.mark.parametrize("then_close", [False, True])
+async def test_a_server_that_speaks_first_is_reported_by_what_it_said(then_close: bool) -> None:
+    """Its banner can come before the request is even written (a fresh connection)."""
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await writer.drain()
+        if then_close:
+            writer.close()
+            return
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with link(port) as t:
+            stream = t.relay.open_stream(get("/"), end_stream=True)
+            with pytest.raises(StreamReset) as reset:
+                await asyncio.wait_for(stream.response(), 10)
+            assert reset.value.code is ResetCode.UPSTREAM_ERROR
+        record = t.records[0]
+        assert record.error is not None and "SSH-2.0-OpenSSH_9.2" in record.error, record
+    finally:
+        server.close()
+        await server.wait_closed()
