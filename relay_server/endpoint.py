@@ -99,6 +99,10 @@ async def _run_session(
         keepalive_s=config.keepalive_s,
         keepalive_timeout_s=config.keepalive_s * 3,
         log=log,
+        # Release the link the moment the session ends, before the transport's close
+        # reaches the client: a client that said GOAWAY and saw the close may rely on
+        # the link being gone (share().close() then a request must get 404, not 503).
+        on_ended=lambda _ended: relay.directory.release(claim),
     )
     welcome = Welcome(
         url=link.url,

@@ -416,6 +416,8 @@ class Session:
             task is cancelled if the relay resets the stream or the session ends.
         keepalive_s: PING after this long without receiving anything.
         keepalive_timeout_s: end the session after this long without receiving anything.
+        on_ended: called once, the moment the session ends (before its transport closes),
+            so bookkeeping that the peer may observe is done before it sees the close.
     """
 
     def __init__(
@@ -428,9 +430,11 @@ class Session:
         keepalive_timeout_s: float | None = None,
         max_ws_message: int = DEFAULT_MAX_WS_MESSAGE,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        on_ended: Callable[[SessionEnded], None] | None = None,
     ) -> None:
         self.transport = transport
         self.mux = mux
+        self._on_ended = on_ended
         self._on_stream = on_stream
         self.keepalive_s = keepalive_s
         self.keepalive_timeout_s = keepalive_timeout_s or keepalive_s * 2.5
@@ -562,6 +566,8 @@ class Session:
         self._streams.clear()
         self._drained.set()
         self.flush()
+        if self._on_ended is not None:
+            self._on_ended(event)
 
     # -- loops --------------------------------------------------------------------------
 
