@@ -28,6 +28,7 @@ from .directory import Limits, LinkDirectory, LinkState, MemoryDirectory
 from .edge import Edge
 from .endpoint import accept_tunnel
 from .forwarding import peer_address
+from .interstitial import Interstitial
 from .leases import LeaseSigner, load_or_create_key
 from .observe import Observer
 from .revocations import Revocation, RevocationLog
@@ -91,6 +92,16 @@ class Relay:
         self.seam = Router(self.directory)
         """The routing seam the edge asks: where a link lives, which session to use."""
         self.signer = LeaseSigner(load_or_create_key(config.lease_key))
+        self.interstitial = (
+            Interstitial(
+                self.signer.derive_secret("interstitial"),
+                config.domain,
+                secure=config.scheme == "https",
+            )
+            if config.interstitial
+            else None
+        )
+        """The warning page browsers see first (``--interstitial``), or None."""
         self.tokens = TokenStore(config.tokens_file)
         self.admin_tokens = TokenStore(config.admin_token_file)
         self.observe = Observer(self.directory, config)

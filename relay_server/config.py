@@ -167,6 +167,8 @@ class RelayConfig:
     """A visitor connection with no request and no response bytes for this long is closed."""
     rate_per_link: float = 0.0
     """Requests per second each link accepts (bursts to 4x); 0 means unlimited. More get 429."""
+    interstitial: bool = False
+    """Show browsers a warning page on their first visit to each link (abuse deterrent)."""
     tunnels_per_ip: int = 20
     tunnels_per_token: int = 100
     tokens_file: Path | None = None

@@ -163,6 +163,8 @@ class Link:
     state: LinkState = LinkState.CLAIMED
     session: Session | None = None
     visitor_auth: str | None = field(default=None, repr=False)
+    bypass_hash: str | None = field(default=None, repr=False)
+    """SHA-256 (hex) of the owner's token that lets browsers skip the warning page."""
     rate_tokens: float = 0.0
     rate_checked: float = 0.0
     claims: int = 0
@@ -259,8 +261,18 @@ class LinkDirectory(abc.ABC):
         refused and visitors get 410 (revocations loaded at start, or of a GONE link)."""
 
     @abc.abstractmethod
-    def welcome(self, claim: Claim, session: Session, *, visitor_auth: str | None) -> None:
-        """WELCOME is on the wire: the link is now served by ``session``."""
+    def welcome(
+        self,
+        claim: Claim,
+        session: Session,
+        *,
+        visitor_auth: str | None,
+        bypass_hash: str | None = None,
+    ) -> None:
+        """WELCOME is on the wire: the link is now served by ``session``.
+
+        ``visitor_auth`` is the login visitors must give, ``bypass_hash`` the SHA-256 of
+        the owner's token that skips the warning page of ``--interstitial``."""
 
     @abc.abstractmethod
     def release(self, claim: Claim) -> None:
@@ -405,7 +417,14 @@ class MemoryDirectory(LinkDirectory):
         self._revoked[subdomain] = expires_at
         self._remember(subdomain, LinkState.REVOKED, expires_at)
 
-    def welcome(self, claim: Claim, session: Session, *, visitor_auth: str | None) -> None:
+    def welcome(
+        self,
+        claim: Claim,
+        session: Session,
+        *,
+        visitor_auth: str | None,
+        bypass_hash: str | None = None,
+    ) -> None:
         link = claim.link
         if link.state not in HOLDING:
             # It expired or was revoked while the handshake ran: say so on the session.
@@ -416,6 +435,7 @@ class MemoryDirectory(LinkDirectory):
         claim.session = session
         link.session = session
         link.visitor_auth = visitor_auth
+        link.bypass_hash = bypass_hash
         self._move(link, LinkEvent.WELCOMED)
         if link.client_ip != claim.client_ip:
             self._count(link, -1)

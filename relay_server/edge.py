@@ -360,14 +360,33 @@ class VisitorConnection(asyncio.Protocol):
             page, request is not None and pages.wants_html(request.header("accept"))
         )
         headers.extend(extra)
+        return self.write_made(page.status, headers, body, request, close=close)
+
+    def send_made(
+        self, status: int, headers: Sequence[tuple[str, str]], body: bytes, request: Request
+    ) -> None:
+        """Answer the current request with a response the relay made, and finish it."""
+        self.finish(keep_alive=self.write_made(status, headers, body, request))
+
+    def write_made(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        request: Request | None,
+        *,
+        close: bool = False,
+    ) -> bool:
+        """Write a response the relay made (headers without framing); True if the
+        connection may be kept."""
         close = close or request is None or request.close or not self.skip_body(request)
         framing = b"Content-Length: %d\r\n" % len(body) + date_line()
         if close:
             framing += b"Connection: close\r\n"
         elif request is not None and request.minor == 0:
             framing += b"Connection: keep-alive\r\n"
-        head = response_head(page.status, headers, framing)
-        self.status = page.status
+        head = response_head(status, headers, framing)
+        self.status = status
         self.write(head if request is not None and request.method == "HEAD" else head + body)
         return not close
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -114,6 +115,7 @@ async def _run_session(
         window=config.stream_window,
         keepalive_s=config.keepalive_s,
         resumed=claim.resumed,
+        interstitial=config.interstitial,
     )
     try:
         await transport.send(welcome.encode())
@@ -121,7 +123,13 @@ async def _run_session(
         logger.debug("WELCOME to %s not sent: %r", ip, exc)
         await transport.close()
         return
-    relay.directory.welcome(claim, session, visitor_auth=hello.visitor_auth)
+    bypass = hello.bypass_token
+    relay.directory.welcome(
+        claim,
+        session,
+        visitor_auth=hello.visitor_auth,
+        bypass_hash=None if bypass is None else hashlib.sha256(bypass.encode()).hexdigest(),
+    )
     relay.observe.link_welcomed(resumed=claim.resumed)
     logger.info(
         "link %s %s for %s (%s)",

@@ -107,6 +107,14 @@ class LeaseSigner:
         payload = json.dumps(fields, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._key.sign(payload))}"
 
+    def derive_secret(self, purpose: str) -> bytes:
+        """A secret for ``purpose`` that every relay holding this key derives alike.
+
+        Ed25519 signatures are deterministic, so the signature of the purpose is a value
+        only holders of the key can compute, the same on every node of a cluster.
+        """
+        return hashlib.sha256(self._key.sign(f"sharetunnel-derive\n{purpose}".encode())).digest()
+
     def verify(self, token: str, client_secret: str) -> Lease:
         """Check a lease presented with a client secret.
 

@@ -100,6 +100,11 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
     if session is None or session.ended is not None:
         conn.send_page(pages.client_away(), request)
         return
+    if relay.interstitial is not None and not websocket:
+        answer = relay.interstitial.check(link, request, target)
+        if answer is not None:
+            conn.send_made(answer.status, answer.headers, answer.body, request)
+            return
     if session.open_streams >= session.mux.max_streams:  # ours or the client's, the lower
         page = pages.too_many("This link is serving too many requests at once")
         conn.send_page(page, request)

@@ -191,6 +191,14 @@ RELAY = Table(
             example="50",
         ),
         Setting(
+            name="interstitial",
+            parser=Flag(),
+            help="Show browsers a warning page on their first visit to each link "
+            "(remembered per link in a cookie; API clients and the owner's --bypass-token "
+            "pass straight through).",
+            example="true",
+        ),
+        Setting(
             name="tunnels_per_ip",
             parser=Whole(1),
             help="Live links per address.",

@@ -20,7 +20,8 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from .config import ClientConfig, relay_ws_url
 from .connection import (
@@ -67,6 +68,17 @@ class Link:
     """The lifetime the client asked for (``--ttl``), if it asked."""
     granted_ttl_s: float | None = None
     """The lifetime the relay gave, as seen when the link was made."""
+    warning_page: bool = False
+    """The relay shows browsers a warning page on their first visit (``--interstitial``)."""
+    bypass_token: str | None = field(default=None, repr=False)
+    """The owner's token that skips that page (``--bypass-token``)."""
+
+    @property
+    def bypass_url(self) -> str | None:
+        """The link with ``?st_bypass=``: browsers that open it skip the warning page."""
+        if not self.warning_page or self.bypass_token is None:
+            return None
+        return f"{self.url}?st_bypass={quote(self.bypass_token, safe='')}"
 
     @property
     def ttl_shortfall(self) -> str | None:
@@ -313,6 +325,7 @@ class TunnelClient:
                 token=config.token,
                 lease=lease,
                 visitor_auth=config.visitor_auth,
+                bypass_token=config.bypass_token,
                 ttl_s=None if config.ttl_s is None else max(1, round(config.ttl_s)),
                 agent=AGENT,
             )
@@ -355,6 +368,8 @@ class TunnelClient:
                 local_only,
                 asked_ttl_s=config.ttl_s,
                 granted_ttl_s=welcome.expires_at - time.time(),
+                warning_page=welcome.interstitial,
+                bypass_token=config.bypass_token,
             )
             mux = Mux(
                 Role.CLIENT,

@@ -22,6 +22,7 @@ __all__ = [
     "ClientConfig",
     "InspectAt",
     "LocalTarget",
+    "bypass_token_problem",
     "host_header_problem",
     "host_problem",
     "inspect_host_problem",
@@ -150,6 +151,14 @@ def host_header_problem(value: str) -> str | None:
     return None
 
 
+def bypass_token_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a warning-bypass token (it travels in a URL), or None."""
+    allowed = all(c.isascii() and (c.isalnum() or c in "-._~") for c in value)
+    if not 8 <= len(value) <= 128 or not allowed:
+        return "bypass token must be 8 to 128 letters, digits, '-', '.', '_' or '~'"
+    return None
+
+
 def relay_problem(relay: str) -> str | None:
     """Why ``relay`` is not a relay URL, or None."""
     try:
@@ -206,6 +215,8 @@ class ClientConfig:
     """Ask for a shorter link lifetime than the relay's."""
     visitor_auth: str | None = field(default=None, repr=False)
     """``user:password`` visitors must give."""
+    bypass_token: str | None = field(default=None, repr=False)
+    """Browsers that open the link with ``?st_bypass=<this>`` skip the relay's warning page."""
     stream_window: int = CLIENT_WINDOW
     """Receive window per stream: uploads from visitors flow against it."""
     max_streams: int = 1024
@@ -238,6 +249,8 @@ class ClientConfig:
             problems.append(f"stream window must be in {MIN_WINDOW}..{MAX_WINDOW} bytes")
         if self.ca_file is not None and not self.ca_file.is_file():
             problems.append(f"CA file {self.ca_file} does not exist")
+        if self.bypass_token is not None and (problem := bypass_token_problem(self.bypass_token)):
+            problems.append(problem)
         if self.visitor_auth is not None and ":" not in self.visitor_auth:
             problems.append("basic auth must be given as user:password")
         if self.ttl_s is not None and self.ttl_s < 1:

@@ -33,6 +33,10 @@ LOCAL_ONLY_HINT = (
     '--relay wss://<your relay>, set TUNNEL_RELAY, or put relay = "..." in '
     "~/.config/sharetunnel/client.toml."
 )
+WARNING_PAGE_HINT = (
+    "Warning     browsers see the relay's warning page once per link; "
+    "--bypass-token TOKEN gives a link that skips it"
+)
 
 
 def qr_text(url: str) -> str:
@@ -174,6 +178,10 @@ class HumanDisplay:
             self._print(qr_text(link.url))
         elif self.qr_asked:
             self._print("QR code     none: this link opens on this machine only, not on a phone")
+        if link.bypass_url is not None:
+            self._print(f"Warning     browsers see a warning page once; skip it: {link.bypass_url}")
+        elif link.warning_page:
+            self._print(WARNING_PAGE_HINT)
         if inspect_url is not None:
             self._print(f"Inspect     {inspect_url}")
         if not self.quiet:
@@ -224,6 +232,10 @@ class JsonDisplay:
                     )
                 if inspect_url is not None:
                     extra["inspect"] = inspect_url
+                if link.warning_page:
+                    extra["warning_page"] = True
+                if link.bypass_url is not None:
+                    extra["bypass_url"] = link.bypass_url
                 self.emit(
                     "ready",
                     url=link.url,

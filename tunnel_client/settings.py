@@ -18,6 +18,7 @@ from .config import (
     ClientConfig,
     InspectAt,
     LocalTarget,
+    bypass_token_problem,
     host_header_problem,
     host_problem,
     inspect_host_problem,
@@ -152,6 +153,14 @@ CLIENT = Table(
             help="Ask for a shorter link lifetime than the relay's (e.g. 2h).",
             unset="the relay's",
             example="2h",
+        ),
+        Setting(
+            name="bypass_token",
+            parser=Text(check=bypass_token_problem),
+            secret=True,
+            help="On a relay that shows browsers a warning page first (--interstitial), "
+            "<link>?st_bypass=TOKEN skips it (printed when the link is ready).",
+            example="team-demo-2026",
         ),
         Setting(
             name="password",

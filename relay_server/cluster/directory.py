@@ -195,6 +195,7 @@ class RemoteLink(Link):
             record.token_id if record else None,
             state=LinkState.LIVE if record and record.state == "live" else LinkState.AWAY,
         )
+        self.bypass_hash = record.bypass_hash if record else None
 
     @property
     def session(self) -> Session | None:
@@ -364,6 +365,7 @@ class MqttDirectory(MemoryDirectory):
             key_hash=link.key_hash,
             token_id=link.token_id,
             claimed_at=self._claimed_at[link.subdomain],
+            bypass_hash=link.bypass_hash,
         )
         topic = self.topics.link(link.subdomain)
         self.outbox.put(topic, encode(self.secret, topic, record))

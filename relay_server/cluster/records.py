@@ -7,8 +7,9 @@ canonical form, so a record cannot be moved to another topic either):
 
 ``links/<subdomain>``  -> :class:`LinkRecord`
     "this node holds this link": node, its incarnation, its peer URL, the link's state
-    (live or away), expiry, key hash, token id, and when the node's claim was made
-    (the newest claim wins). An empty retained message clears it: the link ended.
+    (live or away), expiry, key hash, token id, the hash of its warning-bypass token,
+    and when the node's claim was made (the newest claim wins). An empty retained
+    message clears it: the link ended.
 ``ended/<subdomain>``  -> :class:`EndedRecord`
     "this link expired / was revoked", kept (with an MQTT message expiry) so every node,
     and every node that starts later, answers 410 and refuses its lease.
@@ -76,6 +77,9 @@ class LinkRecord:
     token_id: str | None
     claimed_at: float
     """When this node welcomed the link's client; of two claims, the newer wins."""
+    bypass_hash: str | None = None
+    """SHA-256 of the owner's token that skips the warning page (``--interstitial``):
+    the node a browser reaches shows the page, whichever node holds the link."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -37,6 +38,7 @@ LINK = LinkRecord(
     ("kind", "record", "topic"),
     [
         (Kind.LINK, LINK, TOPICS.link("abc")),
+        (Kind.LINK, dataclasses.replace(LINK, bypass_hash="b" * 64), TOPICS.link("abc")),
         (
             Kind.ENDED,
             EndedRecord("abc", "revoked", 2e9, "abuse", "relay-2", 1.5),
@@ -48,7 +50,7 @@ LINK = LinkRecord(
             TOPICS.node("relay-1"),
         ),
     ],
-    ids=["link", "ended", "node"],
+    ids=["link", "link-with-bypass", "ended", "node"],
 )
 def test_a_record_round_trips(kind: Kind, record: object, topic: str) -> None:
     assert decode(SECRET, topic, kind, encode(SECRET, topic, record)) == record  # type: ignore[arg-type]

@@ -86,6 +86,8 @@ class Hello:
     """A lease from an earlier WELCOME: asks for the same link back."""
     visitor_auth: str | None = field(default=None, repr=False)
     """``user:password`` that visitors must give before the relay forwards anything."""
+    bypass_token: str | None = field(default=None, repr=False)
+    """The owner's token that lets a browser skip the relay's warning page (``?st_bypass=``)."""
     ttl_s: int | None = None
     """A shorter lifetime than the relay's default, in seconds."""
     agent: str = ""
@@ -103,6 +105,7 @@ class Hello:
                 "token": self.token,
                 "lease": self.lease,
                 "visitor_auth": self.visitor_auth,
+                "bypass_token": self.bypass_token,
                 "ttl_s": self.ttl_s,
                 "agent": self.agent,
             },
@@ -128,6 +131,7 @@ class Hello:
             token=_opt_str(obj, "token"),
             lease=_opt_str(obj, "lease"),
             visitor_auth=_opt_str(obj, "visitor_auth", 512),
+            bypass_token=_opt_str(obj, "bypass_token", 128),
             ttl_s=None if ttl is None else _int(obj, "ttl_s", 1, 2**31),
             agent=_opt_str(obj, "agent", 200) or "",
         )
@@ -151,6 +155,8 @@ class Welcome:
     """How often each side should PING when the session is quiet."""
     resumed: bool = False
     """True when the HELLO's lease gave the client its old link back."""
+    interstitial: bool = False
+    """True when browsers see the relay's warning page before the link (``--interstitial``)."""
 
     def encode(self) -> bytes:
         """One transport message holding the WELCOME frame."""
@@ -165,6 +171,7 @@ class Welcome:
                 "window": self.window,
                 "keepalive_s": self.keepalive_s,
                 "resumed": self.resumed,
+                "interstitial": self.interstitial,
             },
         )
 
@@ -197,6 +204,7 @@ class Welcome:
             window=_int(obj, "window", MIN_WINDOW, MAX_WINDOW),
             keepalive_s=float(keepalive),
             resumed=obj.get("resumed", False) is True,
+            interstitial=obj.get("interstitial", False) is True,
         )
 
 
