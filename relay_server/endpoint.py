@@ -21,7 +21,7 @@ from tunnel_client.protocol.aio import Session
 from tunnel_client.protocol.errors import GoAwayCode, HandshakeRefused, RemoteProtocolError
 from tunnel_client.protocol.frames import MAX_MESSAGE_BYTES
 from tunnel_client.protocol.handshake import Hello, Welcome, read_hello, refusal
-from tunnel_client.protocol.mux import Mux, Role
+from tunnel_client.protocol.mux import Mux, Role, window_growth
 
 from .directory import Claim
 from .errors import LeaseExpired, LeaseInvalid
@@ -92,6 +92,7 @@ async def _run_session(
         window=config.stream_window,
         peer_window=hello.window,
         max_streams=min(hello.max_streams, config.max_streams),
+        growth=window_growth(config.stream_window),
         logger=log,
     )
     session = Session(

@@ -35,7 +35,7 @@ from .forwarder import Forwarder, RequestRecord
 from .protocol.aio import Session
 from .protocol.errors import GoAwayCode
 from .protocol.handshake import Hello
-from .protocol.mux import Mux, Role
+from .protocol.mux import Mux, Role, window_growth
 from .protocol.units import format_duration
 
 __all__ = [
@@ -376,6 +376,7 @@ class TunnelClient:
                 window=config.stream_window,
                 peer_window=welcome.window,
                 max_streams=config.max_streams,
+                growth=window_growth(config.stream_window),
             )
             session = Session(
                 transport,

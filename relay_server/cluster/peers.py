@@ -46,7 +46,7 @@ from tunnel_client.protocol.errors import (
 )
 from tunnel_client.protocol.frames import MAX_MESSAGE_BYTES
 from tunnel_client.protocol.heads import RequestHead, ResponseHead
-from tunnel_client.protocol.mux import Mux, Role
+from tunnel_client.protocol.mux import Mux, Role, window_growth
 
 from .. import pages
 from ..directory import Link
@@ -118,6 +118,7 @@ def _session(
         window=settings.window,
         peer_window=peer_window,
         max_streams=PEER_MAX_STREAMS,
+        growth=window_growth(settings.window),
         logger=log,
     )
     return Session(

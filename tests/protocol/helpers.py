@@ -63,6 +63,7 @@ class MuxPair:
         client_window: int = MIN_WINDOW,
         max_streams: int = 1024,
         max_frame: int = 4096,
+        client_growth: tuple[int, int] | None = None,
     ) -> None:
         self.relay = Mux(
             Role.RELAY, window=relay_window, peer_window=client_window, max_frame=max_frame
@@ -73,6 +74,7 @@ class MuxPair:
             peer_window=relay_window,
             max_streams=max_streams,
             max_frame=max_frame,
+            growth=client_growth,
         )
 
     def peer(self, mux: Mux) -> Mux:

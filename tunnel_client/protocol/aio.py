@@ -540,7 +540,7 @@ class Session:
     def acknowledge(self, stream_id: int, n: int) -> None:
         """A stream's consumer took ``n`` bytes: maybe grant the peer more credit."""
         if n and self.ended is None:
-            self.mux.acknowledge(stream_id, n)
+            self.mux.acknowledge(stream_id, n, self._loop.time())
             if self.mux.pending_bytes:
                 self.flush()
 
