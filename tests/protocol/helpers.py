@@ -64,9 +64,14 @@ class MuxPair:
         max_streams: int = 1024,
         max_frame: int = 4096,
         client_growth: tuple[int, int] | None = None,
+        relay_growth: tuple[int, int] | None = None,
     ) -> None:
         self.relay = Mux(
-            Role.RELAY, window=relay_window, peer_window=client_window, max_frame=max_frame
+            Role.RELAY,
+            window=relay_window,
+            peer_window=client_window,
+            max_frame=max_frame,
+            growth=relay_growth,
         )
         self.client = Mux(
             Role.CLIENT,

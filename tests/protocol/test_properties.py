@@ -73,12 +73,22 @@ class StreamModel:
 class TwoMuxes(RuleBasedStateMachine):
     """Random legal traffic between a relay and a client."""
 
+    growth: tuple[int, int] | None = None
+    """Window growth on both sides (``(max_window, budget)``), or fixed windows."""
+
     def __init__(self) -> None:
         super().__init__()
         self.pair = MuxPair(
-            relay_window=WINDOW, client_window=WINDOW, max_streams=2, max_frame=WINDOW // 2
+            relay_window=WINDOW,
+            client_window=WINDOW,
+            max_streams=2,
+            max_frame=WINDOW // 2,
+            client_growth=self.growth,
+            relay_growth=self.growth,
         )
+        self.max_window, self.budget = self.growth or (WINDOW, 0)
         self.streams: dict[int, StreamModel] = {}
+        self.clock = 0.0
 
     def mux(self, side: str) -> Mux:
         return self.pair.relay if side == RELAY else self.pair.client
@@ -133,7 +143,9 @@ class TwoMuxes(RuleBasedStateMachine):
         if not self.writable(side):
             side = CLIENT if side == RELAY else RELAY
         candidates = self.writable(side)
-        model = candidates[index % len(candidates)]
+        self._send(side, candidates[index % len(candidates)], n, end)
+
+    def _send(self, side: str, model: StreamModel, n: int, end: bool) -> None:
         mux = self.mux(side)
         flow = model.flows[side]
         credit = mux.credit(model.sid)
@@ -144,6 +156,26 @@ class TwoMuxes(RuleBasedStateMachine):
             assert mux.credit(model.sid) == credit - taken
         flow.sent += data[:taken]
         flow.fin_sent = end and taken == n
+
+    @precondition(lambda self: self.writable(RELAY) or self.writable(CLIENT))
+    @rule(side=st.sampled_from([RELAY, CLIENT]), index=st.integers(0, 3), rounds=st.integers(1, 4))
+    def burst(self, side: str, index: int, rounds: int) -> None:
+        """A fast transfer: the sender spends all its credit, the reader takes it at once."""
+        if not self.writable(side):
+            side = CLIENT if side == RELAY else RELAY
+        candidates = self.writable(side)
+        model = candidates[index % len(candidates)]
+        sender, reader = self.mux(side), self.mux(CLIENT if side == RELAY else RELAY)
+        for _ in range(rounds):
+            while sender.can_send(model.sid) and sender.credit(model.sid):
+                self._send(side, model, sender.credit(model.sid), False)
+            self.pump()
+            flow = model.flows[side]
+            if not flow.unacked or not reader.is_live(model.sid):
+                return
+            reader.acknowledge(model.sid, flow.unacked, self.clock)
+            flow.unacked = 0
+            self.pump()
 
     @precondition(lambda self: self.writable(RELAY) or self.writable(CLIENT))
     @rule(side=st.sampled_from([RELAY, CLIENT]), index=st.integers(0, 3), chance=st.integers(0, 3))
@@ -160,15 +192,21 @@ class TwoMuxes(RuleBasedStateMachine):
         model.flows[side].fin_sent = True
 
     @precondition(lambda self: self.unacknowledged(RELAY) or self.unacknowledged(CLIENT))
-    @rule(side=st.sampled_from([RELAY, CLIENT]), index=st.integers(0, 3), n=st.integers(1, WINDOW))
-    def acknowledge(self, side: str, index: int, n: int) -> None:
+    @rule(
+        side=st.sampled_from([RELAY, CLIENT]),
+        index=st.integers(0, 3),
+        n=st.integers(1, WINDOW),
+        later=st.sampled_from([0.0, 0.0001, 0.001, 0.1, 1.0]),
+    )
+    def acknowledge(self, side: str, index: int, n: int, later: float) -> None:
         if not self.unacknowledged(side):
             side = CLIENT if side == RELAY else RELAY
         candidates = self.unacknowledged(side)
         model = candidates[index % len(candidates)]
         flow = model.flows[CLIENT if side == RELAY else RELAY]
         n = min(n, flow.unacked)
-        self.mux(side).acknowledge(model.sid, n)
+        self.clock += later
+        self.mux(side).acknowledge(model.sid, n, self.clock)
         flow.unacked -= n
 
     @precondition(lambda self: self.live(RELAY) or self.live(CLIENT))
@@ -250,7 +288,7 @@ class TwoMuxes(RuleBasedStateMachine):
                     assert sender in model.reset_by
                 model.reset_received.add(side)
             case WindowOpened(increment=increment):
-                assert 0 < increment <= WINDOW
+                assert 0 < increment <= self.max_window
 
     # -- invariants ----------------------------------------------------------------------
 
@@ -277,14 +315,21 @@ class TwoMuxes(RuleBasedStateMachine):
         for side in (RELAY, CLIENT):
             mux = self.mux(side)
             sender = CLIENT if side == RELAY else RELAY
+            grown = 0
             for sid, stream in mux._streams.items():
                 window = stream.receive
-                assert 0 <= window.available <= window.size == WINDOW
-                assert 0 <= mux.credit(sid) <= WINDOW  # never above the peer's window
+                assert WINDOW <= window.size <= self.max_window
+                assert window.size == WINDOW + stream.grown or not stream.remote_open
+                grown += stream.grown
+                assert 0 <= window.available <= window.size
+                # Never above the peer's window, however far it grew.
+                assert 0 <= mux.credit(sid) <= self.max_window
                 if stream.remote_open:
                     unacked = self.streams[sid].flows[sender].unacked
                     # What the application holds unacknowledged is covered by the window.
-                    assert unacked <= window.size - window.available <= WINDOW
+                    assert unacked <= window.size - window.available <= window.size
+            # The windows grew within the session's budget, and ended streams gave back.
+            assert grown + mux._growth_left == self.budget or mux.ended is not None
 
     @invariant()
     def everything_arrives_once_quiet(self) -> None:
@@ -314,6 +359,19 @@ TwoMuxes.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_two_muxes = TwoMuxes.TestCase
+
+
+class TwoGrowingMuxes(TwoMuxes):
+    """The same, with windows that grow when their reader keeps up (a fake clock)."""
+
+    growth = (4 * WINDOW, 5 * WINDOW)
+
+
+# Fewer examples: its bursts move several windows each, and growth shows in every one.
+TwoGrowingMuxes.TestCase.settings = settings(
+    TwoMuxes.TestCase.settings, max_examples=30, stateful_step_count=40
+)
+test_two_growing_muxes = TwoGrowingMuxes.TestCase
 
 
 # -- one client mux against arbitrary input --------------------------------------------------
