@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.cdp import Page
 from tests.gradio.app import Probe, build_demo
 from tests.processes import RelayProcess, run_relay
 
@@ -144,3 +145,22 @@ def shared_app(gr: ModuleType, relay: RelayProcess) -> Iterator[SharedApp]:
             yield SharedApp(demo, probe, local_url, share_url, output)
     finally:
         tunnel_gradio.uninstall()
+
+
+def greet_in_browser(page: Page, name: str) -> str:
+    """Wait until the app's components are mounted, greet ``name``, return the greeting."""
+    # Gradio mounts components progressively: wait for all three we use.
+    page.wait_for(
+        "['#name textarea', '#submit', '#greeting textarea']"
+        ".every(s => document.querySelector(s) !== null)",
+        timeout=60,
+    )
+    page.type_into("#name textarea", name)
+    page.click("#submit")
+    return str(
+        page.wait_for(
+            "(() => { const t = document.querySelector('#greeting textarea');"
+            " return t && t.value; })()",
+            timeout=30,
+        )
+    )

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cdp import Chromium
-from tests.gradio.conftest import GRADIO_WARNINGS, SharedApp
+from tests.gradio.conftest import GRADIO_WARNINGS, SharedApp, greet_in_browser
 from tests.processes import RelayProcess, run_relay
 
 pytestmark = [pytest.mark.integration, pytest.mark.gradio, GRADIO_WARNINGS]
@@ -30,19 +30,7 @@ def test_a_browser_continues_past_the_warning_and_uses_the_app(shared_app: Share
         page.wait_for("document.querySelector('#continue') !== null")
         assert page.evaluate("document.querySelector('#greeting') === null")
         page.click("#continue")
-        page.wait_for(
-            "['#name textarea', '#submit', '#greeting textarea']"
-            ".every(s => document.querySelector(s) !== null)",
-            timeout=60,
-        )
-        page.type_into("#name textarea", "Grace")
-        page.click("#submit")
-        greeting = page.wait_for(
-            "(() => { const t = document.querySelector('#greeting textarea');"
-            " return t && t.value; })()",
-            timeout=30,
-        )
-        assert greeting == "Hello, Grace!"
+        assert greet_in_browser(page, "Grace") == "Hello, Grace!"
 
 
 @pytest.mark.timeout(120)
