@@ -12,7 +12,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -109,9 +111,15 @@ class Chromium:
     """A headless Chromium process with a fresh profile; use as a context manager."""
 
     def __init__(self) -> None:
-        self.profile = Path(tempfile.mkdtemp(prefix="st-chromium-"))
+        self.profile = Path(tempfile.mkdtemp(prefix="st-cr-"))
+        # Chromium keeps its singleton socket in $TMPDIR (org.chromium.Chromium.*) and
+        # leaves it there: point $TMPDIR into the profile, which _stop removes.
+        scratch = self.profile / "t"  # short: a UNIX socket's path must fit 107 bytes
+        scratch.mkdir()
         self.proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile / 'profile'}", "about:blank"],
+            env={**os.environ, "TMPDIR": str(scratch)},
+            start_new_session=True,  # its own process group: _stop ends every helper
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -129,7 +137,7 @@ class Chromium:
             raise
 
     def _endpoint(self) -> str:
-        marker = self.profile / "DevToolsActivePort"
+        marker = self.profile / "profile" / "DevToolsActivePort"
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if marker.exists():
@@ -170,7 +178,15 @@ class Chromium:
 
     def _stop(self) -> None:
         stop_process(self.proc)
-        shutil.rmtree(self.profile, ignore_errors=True)
+        # Its helpers (network service, zygote) may outlive it for a moment and write
+        # into the profile: end the whole group, then remove the profile until it stays gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.profile.exists() and time.monotonic() < deadline:
+            shutil.rmtree(self.profile, ignore_errors=True)
+            if self.profile.exists():
+                time.sleep(0.05)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # it may drop the connection before answering

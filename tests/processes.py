@@ -30,12 +30,17 @@ START_TIMEOUT_S = 20.0
 _SCRATCH: list[Path] = []
 
 
-def scratch_dir(prefix: str) -> Path:
-    """A fresh directory under this process's scratch root, removed when it exits."""
+def scratch_root() -> Path:
+    """This process's scratch root, made on first use and removed when the process exits."""
     if not _SCRATCH:
         _SCRATCH.append(Path(tempfile.mkdtemp(prefix="st-tests-")))
         atexit.register(shutil.rmtree, _SCRATCH[0], True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH[0]))
+    return _SCRATCH[0]
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh directory under this process's scratch root, removed when it exits."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
