@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -129,7 +128,7 @@ async def _run_session(
         claim,
         session,
         visitor_auth=hello.visitor_auth,
-        bypass_hash=None if bypass is None else hashlib.sha256(bypass.encode()).hexdigest(),
+        bypass_hash=None if bypass is None else hash_secret(bypass),
     )
     relay.observe.link_welcomed(resumed=claim.resumed)
     logger.info(

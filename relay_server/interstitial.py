@@ -32,8 +32,10 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from . import pages
 from .directory import Link
 from .http1 import Request
+from .leases import hash_secret
 
 __all__ = ["BYPASS_PARAM", "CONTINUE_PARAM", "COOKIE", "SKIP_HEADER", "Answer", "Interstitial"]
 
@@ -105,8 +107,7 @@ class Interstitial:
         path, _, query = target.partition("?")
         kept, chosen, offered = _split_query(query)
         bypass = link.bypass_hash is not None and any(
-            hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), link.bypass_hash)
-            for token in offered
+            hmac.compare_digest(hash_secret(token), link.bypass_hash) for token in offered
         )
         if chosen or bypass:
             return self._remember(link, mark, _join(path, kept))
@@ -154,10 +155,7 @@ class Interstitial:
 
 def _is_browser(request: Request) -> bool:
     """A page load: HTML asked for, and no header saying "I am a program"."""
-    accept = request.header("accept")
-    return (
-        accept is not None and "text/html" in accept.lower() and request.header(SKIP_HEADER) is None
-    )
+    return pages.wants_html(request.header("accept")) and request.header(SKIP_HEADER) is None
 
 
 def _cookie_values(request: Request, name: str) -> set[str]:

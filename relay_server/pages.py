@@ -47,8 +47,9 @@ class ErrorPage:
 
 
 def wants_html(accept: str | None) -> bool:
-    """True for browsers, which put text/html in their Accept header."""
-    return accept is not None and "text/html" in accept
+    """True for browsers, which put text/html in their Accept header (media types are
+    case-insensitive)."""
+    return accept is not None and "text/html" in accept.lower()
 
 
 def render(page: ErrorPage, html_wanted: bool) -> tuple[list[tuple[str, str]], bytes]:

@@ -194,8 +194,8 @@ class RemoteLink(Link):
             "",
             record.token_id if record else None,
             state=LinkState.LIVE if record and record.state == "live" else LinkState.AWAY,
+            bypass_hash=record.bypass_hash if record else None,
         )
-        self.bypass_hash = record.bypass_hash if record else None
 
     @property
     def session(self) -> Session | None:
