@@ -23,6 +23,7 @@ import pytest
 from tests.integration.conftest import Link
 from tests.origin import GZIP_BODY, HOP_RESPONSE_HEADERS, PATTERN, pattern_bytes
 from tests.processes import Reply
+from tunnel_client.config import CLIENT_WINDOW
 
 pytestmark = pytest.mark.integration
 
@@ -266,7 +267,7 @@ def test_odd_range_requests_behave_as_direct(link: Link, ranges: str) -> None:
 
 # -- bodies ------------------------------------------------------------------------------
 
-SIZES = [0, 1, 300_001, 100 * MIB]  # 300 001: more than one 256 KiB stream window
+SIZES = [0, 1, 300_001, 100 * MIB]  # 300 001: more than the relay's 256 KiB window
 
 
 @pytest.mark.timeout(300)
@@ -321,9 +322,10 @@ def test_upload_arrives_byte_identical(link: Link, framing: str, size: int) -> N
     assert echo["sha256"] == _pattern_sha256(size)
     if framing == "fixed":
         assert _values(echo, "Content-Length") == [str(size)]
-    elif size > 256 * 1024:
-        # Streamed on without knowing the length: never gathered up to count it (more
-        # than a stream window cannot all be at the client before its request starts).
+    elif size > CLIENT_WINDOW:
+        # Streamed on without knowing the length: never gathered up to count it (an
+        # upload flows against the client's window, and more than that cannot all be at
+        # the client before its request starts).
         assert _values(echo, "Transfer-Encoding") == ["chunked"]
         assert _values(echo, "Content-Length") == []
     elif size > 0:
