@@ -26,7 +26,7 @@ from .directory import Claim
 from .errors import LeaseExpired, LeaseInvalid
 from .forwarding import peer_address
 from .leases import Lease, hash_secret
-from .transport import AiohttpTransport
+from .transport import AiohttpTransport, DirectAiohttpTransport
 
 if TYPE_CHECKING:
     from .app import Relay
@@ -52,9 +52,13 @@ async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamRes
         heartbeat=None,  # the protocol's own PING detects dead peers
         timeout=2.0,  # a closing handshake on a dead path must not hold the session
     )
-    await ws.prepare(request)
+    writer = await ws.prepare(request)
     ip = peer_address(request, relay.config.trusted_proxies)
-    serving = relay.spawn(_serve(relay, AiohttpTransport(ws), ip))
+    try:
+        transport: AiohttpTransport = DirectAiohttpTransport(ws, writer)
+    except ConnectionError:  # gone already
+        return ws
+    serving = relay.spawn(_serve(relay, transport, ip))
     # If this handler is cancelled (the connection dropped), the task sees the same drop
     # as the end of its transport and finishes its bookkeeping on its own: wait() never
     # cancels what it waits for.

@@ -13,24 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import websockets
-from websockets.asyncio.client import ClientConnection
 
 from .protocol.errors import GoAwayCode, HandshakeRefused, RemoteProtocolError, TunnelError
 from .protocol.frames import MAX_MESSAGE_BYTES
 from .protocol.handshake import Hello, Welcome, read_welcome
+from .relay_socket import CLOSE_TIMEOUT_S, RelaySocket
 
 __all__ = [
     "AuthRejected",
     "LinkExpired",
     "RelayRefused",
     "RelayUnavailable",
-    "WebSocketTransport",
     "open_tunnel",
 ]
-
-
-CLOSE_TIMEOUT_S = 2.0
-"""How long a closing handshake may take before the connection is dropped."""
 
 
 class RelayUnavailable(TunnelError):
@@ -47,33 +42,6 @@ class AuthRejected(RelayRefused):
 
 class LinkExpired(RelayRefused):
     """The link's lease has expired; the link is gone for good."""
-
-
-class WebSocketTransport:
-    """Adapts a ``websockets`` client connection to the protocol's MessageTransport."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-
-    async def send(self, message: bytes) -> None:
-        await self.ws.send(message)
-
-    async def recv(self) -> bytes | None:
-        try:
-            message = await self.ws.recv()
-        except websockets.ConnectionClosed:
-            return None
-        return message if isinstance(message, bytes) else None
-
-    async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT_S)
-        except Exception:  # noqa: S110  (closing: nothing useful to do with the error)
-            pass
-        finally:
-            # On a dead path the closing handshake never completes; a pending recv()
-            # must still end, so drop the connection outright.
-            self.ws.transport.abort()
 
 
 @dataclass(frozen=True)
@@ -140,7 +108,7 @@ def _describe(exc: BaseException, target: RelayTarget | None = None) -> str:
 
 async def open_tunnel(
     target: RelayTarget, hello: Hello, *, timeout_s: float, agent: str = "sharetunnel-python"
-) -> tuple[WebSocketTransport, Welcome]:
+) -> tuple[RelaySocket, Welcome]:
     """Connect, send HELLO, and return the transport with the relay's WELCOME.
 
     Raises:
@@ -164,11 +132,13 @@ async def open_tunnel(
         if target.scheme_assumed and "plain-HTTP" not in why:
             why += " (no scheme given: wss:// assumed)"
         raise RelayUnavailable(f"cannot reach the relay at {target.url}: {why}") from None
-    transport = WebSocketTransport(ws)
+    # The relay speaks only after HELLO: nothing is buffered in ``ws`` yet, so the
+    # connection can change hands here.
+    transport = RelaySocket(ws)
     try:
-        await ws.send(hello.encode())
+        await transport.send(hello.encode())
         message = await asyncio.wait_for(transport.recv(), timeout_s)
-    except (TimeoutError, websockets.ConnectionClosed, OSError) as exc:
+    except (TimeoutError, ConnectionError, OSError, RemoteProtocolError) as exc:
         await transport.close()
         raise RelayUnavailable(
             f"the relay did not answer the handshake: {_describe(exc)}"

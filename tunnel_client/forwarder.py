@@ -237,7 +237,7 @@ class _Exchange:
                 data = await self._first_bytes()
                 await self._send(data)
                 if not self._request_sent:
-                    pump = asyncio.create_task(self._pump_body())
+                    pump = self.stream.loop.create_task(self._pump_body())
                 await self._respond()
                 if self._upgraded:
                     await self._bridge()
@@ -385,7 +385,7 @@ class _Exchange:
                 continue
             if self._upgraded or (self._complete and self._ended):
                 return
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = stream.loop.create_future()
             try:
                 await self._waiter
             finally:

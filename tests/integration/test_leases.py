@@ -17,11 +17,11 @@ from tunnel_client.connection import (
     AuthRejected,
     LinkExpired,
     RelayTarget,
-    WebSocketTransport,
     open_tunnel,
 )
 from tunnel_client.protocol.handshake import Hello, Welcome
 from tunnel_client.protocol.window import MIN_WINDOW
+from tunnel_client.relay_socket import RelaySocket
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def _hello(secret: str, lease: str | None = None) -> Hello:
     return Hello(window=MIN_WINDOW, max_streams=8, client_secret=secret, lease=lease)
 
 
-async def _connect(relay: RelayProcess, hello: Hello) -> tuple[WebSocketTransport, Welcome]:
+async def _connect(relay: RelayProcess, hello: Hello) -> tuple[RelaySocket, Welcome]:
     return await open_tunnel(RelayTarget(f"{relay.url}/_tunnel"), hello, timeout_s=10)
 
 

@@ -9,6 +9,7 @@ two queues, and a ``close()`` that makes both ends' ``recv()`` return None.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
@@ -158,3 +159,78 @@ def examples(n: int) -> settings:
     The machine is shared and loaded; a deadline would make timing, not logic, fail.
     """
     return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class DirectMemoryTransport(MemoryTransport):
+    """:class:`MemoryTransport` that is also a ``PushTransport`` (sends without a task,
+    hands over messages in a callback), like the relay's and the client's real ones.
+
+    Messages reach the peer in a later loop callback, as ``data_received`` would. While
+    ``stuck`` is set, what is sent waits here (:meth:`buffered` counts it) as in a full
+    socket buffer, and :meth:`drain` waits for :meth:`unstick`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stuck = False
+        self._held: list[bytes] = []
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._on_message: Callable[[bytes | str], None] | None = None
+        self._on_closed: Callable[[], None] | None = None
+
+    def send_nowait(self, message: bytes) -> None:
+        if self.closed:
+            raise ConnectionError("transport closed")
+        self.sent.append(message)
+        if self.stuck:
+            self._held.append(message)
+            self._flowing.clear()
+        else:
+            asyncio.get_running_loop().call_soon(self.peer.arrive, message)
+
+    async def send(self, message: bytes) -> None:
+        self.send_nowait(message)
+        await self.drain()
+
+    def buffered(self) -> int:
+        return sum(map(len, self._held))
+
+    def unstick(self) -> None:
+        self.stuck = False
+        held, self._held = self._held, []
+        for message in held:
+            asyncio.get_running_loop().call_soon(self.peer.arrive, message)
+        self._flowing.set()
+
+    async def drain(self) -> None:
+        await self._flowing.wait()
+        if self.closed:
+            raise ConnectionError("transport closed")
+
+    def arrive(self, message: bytes | str | None) -> None:
+        """The peer's message reaches this end (None: the connection closed)."""
+        if self._on_message is None:
+            self.inbox.put_nowait(message)  # type: ignore[arg-type]
+        elif message is None:
+            if self._on_closed is not None:
+                on_closed, self._on_closed = self._on_closed, None
+                on_closed()
+        else:
+            self._on_message(message)
+
+    def receive_with(
+        self, on_message: Callable[[bytes | str], None], on_closed: Callable[[], None]
+    ) -> None:
+        self._on_message, self._on_closed = on_message, on_closed
+        while not self.inbox.empty():
+            self.arrive(self.inbox.get_nowait())
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for end in (self, self.peer):
+            if not end.closed:
+                end.closed = True
+                assert isinstance(end, DirectMemoryTransport)
+                end._flowing.set()
+                loop.call_soon(end.arrive, None)

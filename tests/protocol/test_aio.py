@@ -9,12 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 import pytest
 
-from tests.protocol.helpers import GET, OK, POST, SWITCH, WS, MemoryTransport, frames_of
+from tests.protocol.helpers import (
+    GET,
+    OK,
+    POST,
+    SWITCH,
+    WS,
+    DirectMemoryTransport,
+    MemoryTransport,
+    frames_of,
+)
 from tunnel_client.protocol.aio import (
     HIGH_WATER_BYTES,
     Session,
@@ -83,11 +92,31 @@ class Tunnel:
             await asyncio.gather(self.relay_task, self.client_task)
 
 
+TRANSPORTS: dict[str, type[MemoryTransport]] = {
+    "awaited": MemoryTransport,
+    "direct": DirectMemoryTransport,
+}
+transport_kind = MemoryTransport
+"""What :func:`tunnel` joins the sessions with: every test that uses it runs with a
+transport the session awaits (the write and read loops) and with one it drives from
+callbacks (sends at the end of the loop turn, messages handed over as they arrive)."""
+
+
+@pytest.fixture(autouse=True, params=sorted(TRANSPORTS))
+def _transport_kind(request: pytest.FixtureRequest) -> Iterator[None]:
+    global transport_kind
+    transport_kind = TRANSPORTS[request.param]
+    try:
+        yield
+    finally:
+        transport_kind = MemoryTransport
+
+
 @contextlib.asynccontextmanager
 async def tunnel(
     on_stream: Handler | None, *, window: int = WINDOW, **options: float
 ) -> AsyncIterator[Tunnel]:
-    a, b = MemoryTransport.pair()
+    a, b = transport_kind.pair()
     running = Tunnel(
         make_session(a, Role.RELAY, window=window, **options),
         make_session(b, Role.CLIENT, on_stream, window=window, **options),
@@ -258,6 +287,68 @@ async def test_writes_wait_while_the_transport_is_congested() -> None:
     assert await received == size
     relay.close()
     await t.finished()
+
+
+async def test_direct_sends_wait_while_the_transport_is_full() -> None:
+    """A transport that sends from callbacks: past the high-water mark in its buffer,
+    writers wait, and everything arrives, in order, once it drains."""
+    a, b = DirectMemoryTransport.pair()
+    assert isinstance(a, DirectMemoryTransport)
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def sink(stream: Stream) -> None:
+        received.set_result(hashlib.sha256(await read_all(stream)).digest())
+        stream.reply(OK, end_stream=True)
+
+    big_window = 8 << 20
+    relay = make_session(a, Role.RELAY, window=big_window)
+    client = make_session(b, Role.CLIENT, sink, window=big_window)
+    t = Tunnel(relay, client)
+    a.stuck = True
+    stream = relay.open_stream(POST)
+    body = bytes(range(256)) * (3 * HIGH_WATER_BYTES // 256)
+    writer = asyncio.create_task(stream.write(body))
+    await until(lambda: a.buffered() > HIGH_WATER_BYTES)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not writer.done()
+    a.unstick()
+    await writer
+    await stream.end()
+    assert await received == hashlib.sha256(body).digest()
+    relay.close()
+    await t.finished()
+
+
+async def test_a_direct_transport_that_fails_is_a_lost_connection() -> None:
+    class Broken(DirectMemoryTransport):
+        def send_nowait(self, message: bytes) -> None:
+            raise ConnectionResetError("peer reset")
+
+    transport = Broken()
+    session = make_session(transport, Role.RELAY)
+    run = asyncio.create_task(session.run())
+    stream = session.open_stream(GET, end_stream=True)
+    ended = await asyncio.wait_for(run, 10)
+    assert session.connection_lost
+    assert ended.reason == "connection lost"
+    with pytest.raises(SessionClosed):
+        await stream.response()
+
+
+async def test_a_text_message_on_a_push_transport_is_answered_with_goaway() -> None:
+    a, _b = DirectMemoryTransport.pair()
+    session = make_session(a, Role.RELAY)
+    run = asyncio.create_task(session.run())
+    await asyncio.sleep(0)
+    assert isinstance(a, DirectMemoryTransport)
+    a.arrive("hello")
+    ended = await asyncio.wait_for(run, 10)
+    assert ended.code is GoAwayCode.PROTOCOL_ERROR
+    assert "binary only" in ended.reason
+    assert not session.connection_lost
+    (goaway,) = frames_of(a.sent)
+    assert goaway.type is FrameType.GOAWAY
 
 
 # -- resets ------------------------------------------------------------------------------
@@ -796,10 +887,10 @@ async def test_write_nowait_takes_nothing_while_the_session_is_congested() -> No
     async def answer(stream: Stream) -> None:
         stream.reply(OK)
         session = stream._session
-        session._in_flight = HIGH_WATER_BYTES + 1  # as if the transport were stuck
-        assert session.congested
+        session._queued = lambda: HIGH_WATER_BYTES + 1  # type: ignore[method-assign]
+        assert session.congested  # as if the transport were stuck
         blocked = stream.write_nowait(b"x")
-        session._in_flight = 0
+        del session._queued
         result.set_result((blocked, stream.write_nowait(b"", end=True)))
 
     async with tunnel(answer) as t:
