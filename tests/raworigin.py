@@ -54,9 +54,12 @@ class RawRequest:
 class RawOrigin:
     port: int
     answers: dict[bytes, Answer] = field(default_factory=dict)
-    """Path (target without the query) -> the response bytes, or a function making them."""
+    """Path (target without the query) -> the response bytes, or a function making them;
+    empty bytes close the connection without an answer."""
     requests: list[RawRequest] = field(default_factory=list)
     connections: int = 0
+    disconnects: int = 0
+    """Connections that ended, by either side."""
 
     def answer(self, path: str, response: Answer) -> None:
         self.answers[path.encode()] = response
@@ -139,6 +142,8 @@ def _handler(origin: RawOrigin) -> type[socketserver.BaseRequestHandler]:
                         answer = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
                     elif callable(answer):
                         answer = answer(request)
+                    if not answer:
+                        return  # an empty answer: close the connection without one
                     sock.sendall(answer)
                     if b"\r\nconnection: close\r\n" in answer.lower().split(b"\r\n\r\n")[0] + (
                         b"\r\n"
@@ -146,6 +151,8 @@ def _handler(origin: RawOrigin) -> type[socketserver.BaseRequestHandler]:
                         return
             except OSError:
                 return
+            finally:
+                origin.disconnects += 1
 
     return Handler
 

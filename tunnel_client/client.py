@@ -382,6 +382,7 @@ class TunnelClient:
                 transport,
                 mux,
                 on_stream=forwarder.serve,
+                serve_now=forwarder.serve_now,
                 keepalive_s=welcome.keepalive_s,
                 keepalive_timeout_s=welcome.keepalive_s * 3,
             )

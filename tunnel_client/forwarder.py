@@ -30,8 +30,9 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from .http1 import (
     LAST_CHUNK,
@@ -142,6 +143,21 @@ class Forwarder:
         assert stream.request is not None and self._pool is not None
         await _Exchange(self, self._pool, stream, stream.request).run()
 
+    def serve_now(self, stream: Stream) -> bool:
+        """Answer a stream without a task when that is plain: a request whose whole
+        (empty) body is here, not an upgrade, with a kept-alive connection at hand. The
+        connection's callbacks then carry it to the end; it gets a task only if it must
+        wait (held-back bytes, a retry, a failure). False: use :meth:`serve`."""
+        head = stream.request
+        assert head is not None and self._pool is not None
+        if head.websocket or not stream.peer_ended or stream.has_data:
+            return False
+        conn = self._pool.take()
+        if conn is None:
+            return False
+        _Exchange(self, self._pool, stream, head).start_now(conn)
+        return True
+
     def record(self, record: RequestRecord) -> None:
         if self.on_request is not None:
             self.on_request(record)
@@ -227,24 +243,73 @@ class _Exchange:
         self._pump_error: StreamReset | SessionClosed | None = None
         self._channel: _Channel | None = None
         self._done = False
+        self._detached = False
+        """Served from the connection's callbacks, with no task (:meth:`start_now`)."""
 
     # -- the task ---------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self._guarded(self._exchange())
+
+    async def _exchange(self) -> None:
         pump: asyncio.Task[None] | None = None
         try:
-            try:
-                data = await self._first_bytes()
-                await self._send(data)
-                if not self._request_sent:
-                    pump = self.stream.loop.create_task(self._pump_body())
-                await self._respond()
-                if self._upgraded:
-                    await self._bridge()
-                    return
-            finally:
-                if pump is not None and not pump.done():
-                    pump.cancel()
+            data = await self._first_bytes()
+            await self._send(data)
+            if not self._request_sent:
+                pump = self.stream.loop.create_task(self._pump_body())
+            await self._respond()
+            if self._upgraded:
+                await self._bridge()
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+
+    # -- without a task (Forwarder.serve_now) ---------------------------------------------
+
+    def start_now(self, conn: LocalConnection) -> None:
+        """Send a bodyless request on a kept-alive connection, from the stream's callback."""
+        fwd = self.forwarder
+        data = [request_head(self.head, host=fwd.host_value, default_host=fwd.label)]
+        self._replay = data
+        self._request_sent = True
+        self._reused = True
+        self._detached = True
+        self.stream.on_failure(self._stream_failed)
+        self.conn = conn
+        conn.attach(self)
+        assert conn.transport is not None
+        conn.transport.writelines(data)
+
+    def _detached_wake(self) -> None:
+        """What waking the task does, for an exchange that has none: finish, or take a
+        task for what must wait."""
+        if self._done:
+            return
+        if self._failure is None and not self._retry and not self._held:
+            if self._complete and self._ended:
+                self._detached = False
+                self._finished(self.status)
+            return
+        self._detached = False
+        self.stream.serve_later(self._resume)
+
+    async def _resume(self, stream: Stream) -> None:
+        await self._guarded(self._respond())
+
+    def _stream_failed(self) -> None:
+        """The stream was reset or the session ended while no task served it."""
+        if self._detached and not self._done:
+            self._detached = False
+            self._abort()  # the local server sees the visitor leave
+            self._finished_early()
+
+    # -- endings shared by both ----------------------------------------------------------
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run the exchange's waiting part; every way it ends is recorded once."""
+        try:
+            await work
         except _Failed as failed:
             self._abort()
             self._fail(failed)
@@ -406,6 +471,9 @@ class _Exchange:
         conn.transport.writelines(self._replay)
 
     def _wake(self) -> None:
+        if self._detached:
+            self._detached_wake()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -26,8 +26,8 @@ import pytest
 
 from relay_server.tls import load_or_create_self_signed, server_context
 from tests.processes import Origin
-from tests.protocol.helpers import MemoryTransport
-from tests.raworigin import RawOrigin, raw_origin
+from tests.protocol.helpers import MemoryTransport, until
+from tests.raworigin import RawOrigin, RawRequest, raw_origin
 from tunnel_client.forwarder import Forwarder, RequestRecord, local_authority
 from tunnel_client.protocol.aio import Session, Stream, WebSocketClosed, WebSocketMessage
 from tunnel_client.protocol.errors import GoAwayCode, ResetCode, StreamReset
@@ -59,6 +59,22 @@ class Link:
         return response, b"".join(chunks), stream
 
 
+SERVE_NOW = False
+"""Whether :func:`link` lets the forwarder serve plain requests on kept-alive
+connections from callbacks (``serve_now``, as the client does) or gives every request a
+task: each test runs both ways."""
+
+
+@pytest.fixture(autouse=True, params=["task", "callbacks"])
+def _serving(request: pytest.FixtureRequest) -> Iterator[None]:
+    global SERVE_NOW
+    SERVE_NOW = request.param == "callbacks"
+    try:
+        yield
+    finally:
+        SERVE_NOW = False
+
+
 @contextlib.asynccontextmanager
 async def link(port: int, **options: Any) -> AsyncIterator[Link]:
     records: list[RequestRecord] = []
@@ -66,7 +82,10 @@ async def link(port: int, **options: Any) -> AsyncIterator[Link]:
     async with Forwarder("127.0.0.1", port, on_request=records.append, **options) as forwarder:
         relay = Session(a, Mux(Role.RELAY, window=WINDOW, peer_window=WINDOW))
         client = Session(
-            b, Mux(Role.CLIENT, window=WINDOW, peer_window=WINDOW), on_stream=forwarder.serve
+            b,
+            Mux(Role.CLIENT, window=WINDOW, peer_window=WINDOW),
+            on_stream=forwarder.serve,
+            serve_now=forwarder.serve_now if SERVE_NOW else None,
         )
         tasks = [asyncio.create_task(relay.run()), asyncio.create_task(client.run())]
         try:
@@ -259,6 +278,77 @@ async def test_keep_alive_connections_are_reused(raw: RawOrigin) -> None:
     assert raw.connections == 1
 
 
+async def test_a_response_larger_than_the_window_on_a_kept_alive_connection(
+    raw: RawOrigin,
+) -> None:
+    """Bytes the stream has no credit for are held back and sent as credit comes."""
+    body = bytes(range(256)) * (4 * WINDOW // 256 + 3)
+    raw.answer("/good", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    raw.answer("/big", b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    async with link(raw.port) as t:
+        assert (await t.exchange(get("/good")))[1] == b"ok"
+        for _ in range(2):
+            head, got, _ = await t.exchange(get("/big"))
+            assert head.status == 200 and got == body
+        assert (await t.exchange(get("/good")))[1] == b"ok"
+    assert raw.connections == 1
+    assert [(r.status, r.bytes_out, r.error) for r in t.records[1:3]] == [
+        (200, len(body), None)
+    ] * 2
+
+
+async def test_a_kept_alive_connection_the_server_dropped_is_retried_once(
+    raw: RawOrigin,
+) -> None:
+    """A request sent on a kept-alive connection that closes with no answer goes again
+    on a new connection (the server may have closed it just as we sent)."""
+    dropped: list[bytes] = []
+
+    def drop_first(request: RawRequest) -> bytes:
+        if not dropped:
+            dropped.append(request.target)
+            return b""
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain"
+
+    raw.answer("/good", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    raw.answer("/flaky", drop_first)
+    async with link(raw.port) as t:
+        assert (await t.exchange(get("/good")))[1] == b"ok"
+        head, body, _ = await t.exchange(get("/flaky"))
+        assert (head.status, body) == (200, b"again")
+    assert raw.connections == 2 and dropped == [b"/flaky"]
+    assert [(r.path, r.status, r.error) for r in t.records] == [
+        ("/good", 200, None),
+        ("/flaky", 200, None),
+    ]
+
+
+@pytest.mark.parametrize("ending", ["reset", "session"])
+async def test_a_visitor_gone_mid_response_on_a_kept_alive_connection(
+    raw: RawOrigin, ending: str
+) -> None:
+    """The local server sees the connection close, the request is logged as cut off,
+    and the next request takes a new connection."""
+    raw.answer("/good", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    raw.answer("/hang", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+    async with link(raw.port) as t:
+        assert (await t.exchange(get("/good")))[1] == b"ok"
+        stream = t.relay.open_stream(get("/hang"), end_stream=True)
+        head, _ = await asyncio.wait_for(stream.response(), 10)
+        assert head.status == 200 and await asyncio.wait_for(stream.read(), 10) == b"abc"
+        if ending == "reset":
+            stream.reset(ResetCode.CANCEL, "visitor went away")
+            await until(lambda: len(t.records) == 2 and raw.disconnects == 1)
+            assert (await t.exchange(get("/good")))[1] == b"ok"
+            assert raw.connections == 2
+        else:
+            t.relay.close(GoAwayCode.NORMAL, "relay going away")
+            await until(lambda: len(t.records) == 2 and raw.disconnects == 1)
+    record = t.records[1]
+    assert (record.path, record.status, record.bytes_out) == ("/hang", 200, 3), record
+    assert record.error == "visitor went away"
+
+
 @pytest.mark.parametrize(
     ("answer", "code", "needle"),
     [
@@ -283,14 +373,20 @@ async def test_keep_alive_connections_are_reused(raw: RawOrigin) -> None:
         ),
     ],
 )
+@pytest.mark.parametrize("kept_alive", [False, True], ids=["fresh", "kept-alive"])
 async def test_an_invalid_response_fails_that_request(
-    raw: RawOrigin, answer: bytes, code: ResetCode, needle: str
+    raw: RawOrigin, answer: bytes, code: ResetCode, needle: str, kept_alive: bool
 ) -> None:
+    """On a fresh connection, and on a kept-alive one (which the client serves from
+    callbacks, without a task, until something fails)."""
     if b"short" in answer:  # a truncated body, then the connection closes
         answer = answer.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
     raw.answer("/bad", answer)
     raw.answer("/good", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     async with link(raw.port) as t:
+        if kept_alive:
+            assert (await t.exchange(get("/good")))[1] == b"ok"
+            del t.records[:]
         stream = t.relay.open_stream(get("/bad"), end_stream=True)
         with pytest.raises(StreamReset) as reset:
             await asyncio.wait_for(stream.response(), 10)

@@ -115,6 +115,13 @@ class MuxPair:
         return stream_id
 
 
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, letting the loops run in between."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.001)
+
+
 class MemoryTransport:
     """One end of an in-memory message connection for :class:`~.aio.Session`.
 

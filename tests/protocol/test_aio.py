@@ -23,6 +23,7 @@ from tests.protocol.helpers import (
     DirectMemoryTransport,
     MemoryTransport,
     frames_of,
+    until,
 )
 from tunnel_client.protocol.aio import (
     HIGH_WATER_BYTES,
@@ -50,13 +51,6 @@ from tunnel_client.protocol.wsframes import Close, Message, WebSocketCodec
 
 WINDOW = MIN_WINDOW
 Handler = Callable[[Stream], Awaitable[None]]
-
-
-async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, letting the loops run in between."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 async def read_all(stream: Stream) -> bytes:
@@ -349,6 +343,44 @@ async def test_a_text_message_on_a_push_transport_is_answered_with_goaway() -> N
     assert not session.connection_lost
     (goaway,) = frames_of(a.sent)
     assert goaway.type is FrameType.GOAWAY
+
+
+async def test_a_response_callback_sees_the_head_and_the_body_that_came_with_it() -> None:
+    """The relay's callback runs once the message that carried the head was dispatched
+    whole: a small response is there entire, head, body and end, without a task."""
+
+    async def small(stream: Stream) -> None:
+        stream.reply(OK)  # head, body and end leave in one transport message
+        assert stream.write_nowait(b"hello", end=True) == 5
+
+    seen: asyncio.Future[tuple[int, list[bytes | None]]] = (
+        asyncio.get_running_loop().create_future()
+    )
+    async with tunnel(small) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+
+        def on_response() -> None:
+            head, _ = stream.response_nowait()
+            seen.set_result((head.status, [stream.read_nowait(), stream.read_nowait()]))
+
+        stream.add_response_callback(on_response)
+        assert await asyncio.wait_for(seen, 10) == (200, [b"hello", b""])
+
+
+async def test_a_response_callback_learns_of_a_reset_and_of_a_late_registration() -> None:
+    async def refuse(stream: Stream) -> None:
+        stream.reset(ResetCode.REFUSED, "no")
+
+    async with tunnel(refuse) as t:
+        stream = t.relay.open_stream(GET, end_stream=True)
+        called = asyncio.Event()
+        stream.add_response_callback(called.set)
+        await asyncio.wait_for(called.wait(), 10)
+        with pytest.raises(StreamReset):
+            stream.response_nowait()
+        again = asyncio.Event()
+        stream.add_response_callback(again.set)  # after the outcome: still called
+        await asyncio.wait_for(again.wait(), 10)
 
 
 # -- resets ------------------------------------------------------------------------------
