@@ -8,10 +8,14 @@ Three tasks run per session:
 * the **read loop** feeds each transport message to the :class:`~.mux.Mux` and
   dispatches its events. It never awaits a stream's consumer: received bytes go to the
   stream's buffer, which the flow-control window bounds, so one slow stream cannot block
-  the others (no head-of-line blocking).
+  the others (no head-of-line blocking). On a :class:`PushTransport` (the client's)
+  there is no read loop: the transport's own callback hands each message over and the
+  session dispatches it there, the same way.
 * the **write loop** sends what the mux queued. Writers wait for it only when more than
   :data:`HIGH_WATER_BYTES` is queued, so TCP backpressure reaches them without stalling
-  the read loop (which only ever queues small control frames).
+  the read loop (which only ever queues small control frames). On a
+  :class:`DirectTransport` (both real ones) a callback at the end of the loop turn
+  sends instead, and the write loop only waits for a full transport to drain.
 * the **keepalive loop** PINGs a quiet session and ends one that stays silent longer
   than the keepalive timeout (a half-open connection).
 
