@@ -143,6 +143,9 @@ async def open_tunnel(
         raise RelayUnavailable(
             f"the relay did not answer the handshake: {_describe(exc)}"
         ) from None
+    except BaseException:  # cancelled (the owner stopped): leave no connection behind
+        transport.abort()
+        raise
     if message is None:
         await transport.close()
         raise RelayUnavailable("the relay closed the connection during the handshake")

@@ -183,15 +183,19 @@ class RelaySocket(asyncio.Protocol):
         self.send_nowait(message)
         await self.drain()
 
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        self._end()
+        self._transport.abort()
+
     async def close(self) -> None:
         """Send a close frame, give the relay a moment to close back, then drop the
         connection either way (on a dead path the closing handshake never completes)."""
         try:
             if self._protocol.state is State.OPEN and not self._transport.is_closing():
-                self._protocol.send_close()
+                self._protocol.send_close(1000)
                 self._write_out()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_TIMEOUT_S)
         finally:
-            self._end()
-            self._transport.abort()
+            self.abort()
