@@ -7,6 +7,9 @@ import os
 import threading
 import time
 
+import pytest
+
+from tunnel_client import output as output_module
 from tunnel_client.output import LineOutput
 
 
@@ -51,3 +54,33 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
     os.close(fd)
     return b"".join(chunks)
+
+
+def _wait_for(condition: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_request_lines_gather_but_other_lines_go_out_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Request lines may wait for company; the link or a status line never does. With a
+    gathering time far beyond the test's patience, only hurrying can pass."""
+    monkeypatch.setattr(output_module, "GATHER_S", 60.0)
+    sink = io.StringIO()
+    output = LineOutput(sink)
+    try:
+        output.write("GET / 200", droppable=True)  # wakes the writer, which gathers
+        output.write("ready: https://abc.example")
+        assert _wait_for(lambda: sink.getvalue().count("\n") == 2), sink.getvalue()
+        assert sink.getvalue().splitlines() == ["GET / 200", "ready: https://abc.example"]
+        output.write("GET /again 200", droppable=True)
+    finally:
+        started = time.monotonic()
+        output.close()
+    assert time.monotonic() - started < 10, "close() must not wait out the gathering"
+    assert sink.getvalue().splitlines()[-1] == "GET /again 200"

@@ -11,20 +11,20 @@ nobody reads, request lines are dropped (and counted) rather than buffered witho
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import TextIO
 
 __all__ = ["LineOutput"]
 
 GATHER_S = 0.05
-"""Once woken, the writer waits this long for more lines, so it wakes at most 20 times
-a second however many requests come (a line appears at most 50 ms late, which no reader
-notices). The loop wakes it only when it sleeps for want of lines, so once per batch,
-not per line. Each wake-up is a notify under a lock, a timed sleep and a thread switch
-for the GIL: at 5 ms (up to 200 a second) the writer cost the client 10-13 us of CPU
-per request at 64 connections (bench/run.py --cases small1,small64, 2 interleaved
-pairs: 73.5/93.4 us at 50 ms vs 86.9/104 at 5 ms)."""
+"""Once woken by a request line, the writer waits this long for more lines, so it wakes
+at most 20 times a second however many requests come (a request line appears at most
+50 ms late, which no reader notices; other lines, the link first, go out at once). The
+loop wakes it only when it sleeps for want of lines, so once per batch, not per line.
+Each wake-up is a notify under a lock, a timed wait and a thread switch for the GIL: at
+5 ms (up to 200 a second) the writer cost the client 10-13 us of CPU per request at 64
+connections (bench/run.py --cases small1,small64, 2 interleaved pairs: 73.5/93.4 us at
+50 ms vs 86.9/104 at 5 ms)."""
 
 
 class LineOutput:
@@ -42,6 +42,8 @@ class LineOutput:
         self._dropped_line = dropped_line
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._hurry = threading.Event()
+        """Set by a line that may not wait for the gathering (the link, a status)."""
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._dropped = 0
@@ -65,6 +67,8 @@ class LineOutput:
             wake, self._idle = self._idle, False
         if wake:
             self._wake.set()
+        if not droppable:
+            self._hurry.set()
 
     def _take(self) -> str:
         with self._lock:
@@ -80,7 +84,8 @@ class LineOutput:
                 self._wake.wait()
                 self._wake.clear()
                 if not self._closed:
-                    time.sleep(GATHER_S)
+                    self._hurry.wait(GATHER_S)  # at once for a line that may not wait
+            self._hurry.clear()
             text = self._take()
             if text:
                 try:
@@ -95,4 +100,5 @@ class LineOutput:
         """Write what is queued, then stop the thread."""
         self._closed = True
         self._wake.set()
+        self._hurry.set()
         self._thread.join(timeout_s)

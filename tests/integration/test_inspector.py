@@ -201,9 +201,14 @@ def test_replay_reaches_the_origin_again_and_is_listed(link: Link) -> None:
     newest = api.entries()[:2]
     assert [e["id"] for e in newest] == [edited["id"], again["id"]]
     assert all(e["replay_of"] == original["id"] for e in newest)
-    # Straight to the origin: the relay and the forwarder never saw the replays.
+    # Straight to the origin: the relay and the forwarder never saw the replays. The
+    # request log is written in batches, in order: once a later request's line is in,
+    # a forwarded replay's line would be too.
+    marker = f"/count?key=marker-{key}"
+    assert link.fetch(marker).status == 200
+    link.tunnel.wait_event("request", path=marker)
     forwarded = [e for e in link.tunnel.events if e.get("event") == "request"]
-    assert [e["path"] for e in forwarded if key in e["path"]] == [path]
+    assert [e["path"] for e in forwarded if key in e["path"]] == [path, marker]
 
 
 async def test_a_websocket_upgrade_is_listed_without_its_messages(link: Link) -> None:
