@@ -47,6 +47,7 @@ class RelaySocket(asyncio.Protocol):
         self._ended = False
         """No more messages will come (a close frame, EOF, or the connection is gone)."""
         self._lost = self._loop.create_future()
+        self._close_timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._resumed: asyncio.Future[None] | None = None
         self._transport.set_protocol(self)
@@ -57,10 +58,17 @@ class RelaySocket(asyncio.Protocol):
         protocol = self._protocol
         protocol.receive_data(data)
         events = protocol.events_received()
-        self._write_out()  # PONGs, the reply to a close
+        self._write_out()  # PONGs, the reply to a close, or the close of a broken rule
         for event in events:
             if isinstance(event, Frame):
                 self._on_frame(event)
+        if protocol.state is not State.OPEN:
+            # A close came, or the relay broke a rule (a frame over the size limit, bad
+            # UTF-8) and the protocol answered with a close: no message will follow. The
+            # relay should now close TCP; if it does not, we do, after a grace period.
+            self._end()
+            if self._close_timer is None and not self._transport.is_closing():
+                self._close_timer = self._loop.call_later(CLOSE_TIMEOUT_S, self._transport.abort)
 
     def eof_received(self) -> bool | None:
         self._protocol.receive_eof()
@@ -69,6 +77,8 @@ class RelaySocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         if not self._lost.done():
             self._lost.set_result(None)
         self._paused = False

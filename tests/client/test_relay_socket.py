@@ -7,7 +7,9 @@ socket takes the connection over from websockets right after the opening handsha
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -18,10 +20,11 @@ from tunnel_client.protocol.errors import RemoteProtocolError
 from tunnel_client.relay_socket import RelaySocket
 
 Script = Callable[[ServerConnection], Awaitable[None]]
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 @contextlib.asynccontextmanager
-async def relay_socket(script: Script) -> AsyncIterator[RelaySocket]:
+async def relay_socket(script: Script, max_size: int = 1 << 20) -> AsyncIterator[RelaySocket]:
     """A RelaySocket connected to a server that runs ``script`` once it heard hello."""
 
     async def after_hello(ws: ServerConnection) -> None:
@@ -30,7 +33,7 @@ async def relay_socket(script: Script) -> AsyncIterator[RelaySocket]:
 
     async with serve(after_hello, "127.0.0.1", 0, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
-        ws = await websockets.connect(f"ws://127.0.0.1:{port}", compression=None)
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=max_size)
         sock = RelaySocket(ws)
         try:
             await sock.send(b"hello")
@@ -118,3 +121,67 @@ async def test_close_ends_the_connection_even_when_the_server_never_answers() ->
         pass  # close() on the way out
     assert await asyncio.wait_for(server_saw, 5) == 1000
     assert await sock.recv() is None
+
+
+async def test_a_frame_over_the_limit_ends_the_connection_with_1009() -> None:
+    """A relay that breaks a rule hears why (the protocol's close) and the session learns
+    at once that nothing more will come, without waiting for a keepalive timeout."""
+    server_saw: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    async def script(ws: ServerConnection) -> None:
+        await ws.send(b"fine")
+        await ws.send(b"x" * 4096)
+        try:
+            await ws.wait_closed()
+        finally:
+            server_saw.set_result(ws.close_code)
+
+    async with relay_socket(script, max_size=1024) as sock:
+        assert await asyncio.wait_for(sock.recv(), 5) == b"fine"
+        assert await asyncio.wait_for(sock.recv(), 5) is None
+        with pytest.raises(ConnectionError):
+            sock.send_nowait(b"after the close")
+    assert await asyncio.wait_for(server_saw, 5) == 1009
+
+
+async def test_a_relay_that_breaks_a_rule_and_keeps_the_connection_open_is_cut_off() -> None:
+    """A hostile relay (raw TCP here): after its oversized frame it neither closes nor
+    answers our close. The socket reports the end at once and drops the connection
+    after the closing grace period, so the client reconnects instead of hanging."""
+    seen: dict[str, object] = {}
+    ended = asyncio.Event()
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        await reader.readexactly(2 + 4 + len(b"hello"))  # the client's masked HELLO
+        writer.write(bytes((0x82, 126)) + (4096).to_bytes(2, "big") + b"x" * 4096)
+        await writer.drain()
+        first, length = await reader.readexactly(2)  # a masked close: code and reason
+        assert first == 0x88 and length & 0x80 and (length & 0x7F) < 126
+        mask = await reader.readexactly(4)
+        payload = await reader.readexactly(length & 0x7F)
+        code = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))[:2]
+        seen["code"] = int.from_bytes(code, "big")
+        seen["eof"] = await reader.read() == b""  # never answered: the client cuts it
+        ended.set()
+        writer.close()
+
+    server = await asyncio.start_server(hostile, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}", compression=None, max_size=1024)
+        sock = RelaySocket(ws)
+        await sock.send(b"hello")
+        assert await asyncio.wait_for(sock.recv(), 5) is None
+        await asyncio.wait_for(ended.wait(), 10)
+    assert seen == {"code": 1009, "eof": True}
