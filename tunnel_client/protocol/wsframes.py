@@ -33,10 +33,9 @@ from dataclasses import dataclass
 
 __all__ = ["OP_BINARY", "Close", "Message", "WebSocketCodec", "apply_mask", "frame_head"]
 
-_OP_CONT, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
-OP_BINARY = _OP_BINARY
+_OP_CONT, _OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 _OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
-_DATA_OPS = (_OP_CONT, _OP_TEXT, _OP_BINARY)
+_DATA_OPS = (_OP_CONT, _OP_TEXT, OP_BINARY)
 _CONTROL_OPS = (_OP_CLOSE, _OP_PING, _OP_PONG)
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
@@ -149,7 +148,7 @@ class WebSocketCodec:
     def send_message(self, data: bytes, *, text: bool) -> None:
         """Queue one whole message (a single frame); ignored once we sent CLOSE."""
         if not self.close_sent:
-            self._frame(_OP_TEXT if text else _OP_BINARY, data)
+            self._frame(_OP_TEXT if text else OP_BINARY, data)
 
     def send_close(self, code: int = 1000, reason: str = "") -> None:
         """Start (or answer) the closing handshake; once only."""
