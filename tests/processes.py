@@ -165,6 +165,27 @@ class RelayProcess:
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
 
+    def wait_logged(self, text: str, timeout: float = 20) -> str:
+        """The first line the relay logged that holds ``text``, once it is there."""
+        found: list[str] = []
+
+        def logged() -> bool:
+            found.extend(line for line in list(self.lines) if text in line)
+            return bool(found)
+
+        wait_until(logged, timeout, what=f"the relay to log {text!r}")
+        return found[0]
+
+    def wait_connection_ended(self, host: str) -> str:
+        """Wait until the relay has noticed that the link ``host`` lost its connection.
+
+        Until then a visitor's request is still forwarded down the dying connection, and
+        gets the honest 502 ("lost before it took effect") instead of the 503 for an
+        owner who is away.
+        """
+        subdomain = host.split(".", 1)[0]
+        return self.wait_logged(f"link {subdomain}: connection ended")
+
     def stderr_text(self) -> str:
         """Everything the relay logged (stops it first)."""
         stop_process(self.proc)

@@ -19,7 +19,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.processes import Origin, RelayProcess, Reply, fetch, run_relay, run_tunnel, start_tunnel
+from tests.processes import (
+    Origin,
+    RelayProcess,
+    Reply,
+    fetch,
+    run_relay,
+    run_tunnel,
+    start_tunnel,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -165,6 +173,7 @@ def test_tunnel_gone_is_503(relay: RelayProcess, origin: Origin) -> None:
         assert fetch(relay.port, tunnel.host, "/").status == 200
     finally:
         tunnel.stop(signal.SIGKILL)  # no goodbye: the relay only sees the socket drop
+    relay.wait_connection_ended(tunnel.host)
     both_forms(relay.port, tunnel.host, "/", 503, "offline")
     reply = fetch(relay.port, tunnel.host, "/", headers=PLAIN)
     assert reply.header("Retry-After") is not None

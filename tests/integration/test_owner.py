@@ -281,6 +281,7 @@ def test_the_410_page_says_when_the_link_expired(origin: Origin) -> None:
 def test_the_503_page_reloads_itself_in_a_browser(origin: Origin, relay: RelayProcess) -> None:
     tunnel = start_tunnel(origin.port, relay=relay)
     tunnel.stop(signal.SIGKILL)  # the relay sees the socket drop: the owner is away
+    relay.wait_connection_ended(tunnel.host)
     html = fetch(relay.port, tunnel.host, "/", headers=HTML)
     plain = fetch(relay.port, tunnel.host, "/", headers=PLAIN)
     assert html.status == plain.status == 503
