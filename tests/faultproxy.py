@@ -26,6 +26,8 @@ class FaultProxy:
         self._restored = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
+        self.refused = 0
+        """Connections reset at once while refusing: the attempts made meanwhile."""
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -44,6 +46,7 @@ class FaultProxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if self._refuse:
+            self.refused += 1
             _reset(writer)
             return
         try:

@@ -135,6 +135,7 @@ def _https_get(port: int, host: str, ca: Path) -> tuple[int, bytes]:
 def test_self_signed_tls_serves_https_and_wss(origin: Origin) -> None:
     with run_relay("--self-signed") as relay:
         assert relay.url.startswith("wss://")
+        relay.wait_logged("self-signed certificate for ")  # stderr is read in a thread
         cert = _self_signed_cert(relay.lines)
         untrusted = _refused(origin, relay.url)
         assert "not trusted" in untrusted and "--ca-file" in untrusted

@@ -33,6 +33,7 @@ from tests.processes import (
     run_relay,
     run_tunnel,
     start_tunnel,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -342,7 +343,9 @@ def test_a_slow_app_is_504_in_the_owners_log_and_the_page_names_the_setting(
 
 def test_the_relay_says_which_relay_url_works(origin: Origin, relay: RelayProcess) -> None:
     url = f"http://127.0.0.1:{relay.port}"
-    assert f"clients: tunnel PORT --relay {url}" in relay.lines, relay.lines
+    # Printed after the relay wrote its ready file: waited for, not just looked up.
+    said = f"clients: tunnel PORT --relay {url}"
+    assert relay.wait_logged(said) == said, relay.lines
     for host in (f"127.0.0.1:{relay.port}", f"localhost:{relay.port}"):
         page = fetch(relay.port, host, "/")
         assert page.status == 200
@@ -393,21 +396,30 @@ def test_no_qr_code_for_a_link_a_phone_cannot_open(
 
 
 def test_one_line_per_outage_and_no_log_lines(origin: Origin) -> None:
-    with run_relay("--keepalive", "1s") as relay, fault_proxy(relay.port) as proxy:
+    with (
+        run_relay("--keepalive", "1s") as relay,
+        fault_proxy(relay.port) as proxy,
+        fault_proxy(relay.port) as own,  # the human's own way: its attempts can be counted
+    ):
         via = f"ws://127.0.0.1:{proxy.port}"
-        human = start_human(origin.port, "--relay", via)
+        human = start_human(origin.port, "--relay", f"ws://127.0.0.1:{own.port}")
         logged = start_human(origin.port, "--relay", via, "--log-level", "warning")
         machine = start_tunnel(origin.port, "--relay", via)
         try:
             for tunnel in (human, logged):
                 tunnel.wait_event("text", line="Requests:")
-            proxy.refuse()
-            proxy.blackhole()  # only keepalives notice: the protocol logs a warning
+            for way in (proxy, own):
+                way.refuse()
+                way.blackhole()  # only keepalives notice: the protocol logs a warning
             for tunnel in (human, logged):
                 wait_stderr(tunnel, "reconnecting", timeout=15)
             for _ in range(3):  # more attempts against a refusing relay
                 machine.wait_event("reconnecting", timeout=15)
-            proxy.restore()
+            # The human notices the loss on its own keepalive clock, maybe after the
+            # machine's attempts: its line counts attempts, so one must have been refused.
+            wait_until(lambda: own.refused >= 1, 15, "the human's first attempt refused")
+            for way in (proxy, own):
+                way.restore()
             back = machine.wait_event("reconnected", timeout=30)
             for tunnel in (human, logged):
                 wait_stderr(tunnel, "^back online", timeout=30)

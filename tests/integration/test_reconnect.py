@@ -125,14 +125,17 @@ def test_sigterm_lets_inflight_requests_finish_then_clients_reconnect(origin: Or
     tunnel = start_tunnel(origin.port, relay=relay)
     try:
         results: list[int] = []
+        # In flight for longer than a tunnel process takes to start on a busy machine:
+        # the relay stops listening as soon as nothing is in flight any more.
         slow = threading.Thread(
-            target=lambda: results.append(fetch(relay.port, tunnel.host, "/slow?delay=2").status)
+            target=lambda: results.append(fetch(relay.port, tunnel.host, "/slow?delay=5").status)
         )
         slow.start()
         deadline = time.monotonic() + 5
         while b'"inflight": 0' in fetch(relay.port, "relay", "/_health").body:
             assert time.monotonic() < deadline
         relay.proc.send_signal(signal.SIGTERM)
+        relay.wait_logged("stopping: finishing in-flight requests")
         # New tunnels are refused during the grace period.
         late = start_tunnel(origin.port, relay=relay, wait=False)
         assert late.proc.wait(20) != 0

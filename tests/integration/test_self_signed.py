@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.processes import Origin, run_relay, run_tunnel
+from tests.processes import Origin, RelayProcess, run_relay, run_tunnel
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -21,12 +21,12 @@ def _names(cert: Path) -> set[str]:
     return dns | {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
 
 
-def _announced(lines: list[str]) -> tuple[Path, str]:
-    for line in lines:
-        match = re.search(r"self-signed certificate for \S+: (\S+) \((made now|reused);", line)
-        if match:
-            return Path(match.group(1)), match.group(2)
-    raise AssertionError(f"no certificate line in {lines}")
+def _announced(relay: RelayProcess) -> tuple[Path, str]:
+    # Waited for: the test reads the relay's stderr in a thread of its own.
+    line = relay.wait_logged("self-signed certificate for ")
+    match = re.search(r"self-signed certificate for \S+: (\S+) \((made now|reused);", line)
+    assert match, f"no certificate line in {relay.lines}"
+    return Path(match.group(1)), match.group(2)
 
 
 def test_the_certificate_is_kept_beside_the_lease_key_and_reused(
@@ -38,19 +38,20 @@ def test_the_certificate_is_kept_beside_the_lease_key_and_reused(
     temp.mkdir()
     args = ("--self-signed", "--lease-key", str(lease_key))
     with run_relay(*args, env={"TMPDIR": str(temp)}) as relay:
-        cert, how = _announced(relay.lines)
+        cert, how = _announced(relay)
         assert how == "made now"
         key = cert.with_name("relay-selfsigned-key.pem")
         assert cert == state / "relay-selfsigned-cert.pem"
         assert key.stat().st_mode & 0o777 == 0o600
         assert {"localhost", "*.localhost", "127.0.0.1"} <= _names(cert)
         clients = f"clients: tunnel PORT --relay https://127.0.0.1:{relay.port} --ca-file {cert}"
-        assert clients in relay.lines, relay.lines
+        # Printed after the ready file is written: wait for it.
+        assert relay.wait_logged(clients) == clients, relay.lines
         with run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel:
             assert tunnel.url.startswith("https://")
         first = cert.read_bytes(), key.read_bytes()
     with run_relay(*args, env={"TMPDIR": str(temp)}) as relay:
-        assert _announced(relay.lines) == (cert, "reused")
+        assert _announced(relay) == (cert, "reused")
         # A client that trusted it once still does.
         with run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel:
             assert tunnel.url.startswith("https://")
@@ -67,11 +68,11 @@ def test_a_domain_gets_its_names_and_another_domain_a_new_certificate(tmp_path: 
     lease_key = tmp_path / "lease.pem"
     args = ("--self-signed", "--lease-key", str(lease_key))
     with run_relay(*args, "--domain", "share.test") as relay:
-        cert, how = _announced(relay.lines)
+        cert, how = _announced(relay)
         assert how == "made now"
         assert {"share.test", "*.share.test"} <= _names(cert)
         assert "localhost" not in _names(cert)
     # Another domain: the kept certificate does not name it, so a new one replaces it.
     with run_relay(*args) as relay:
-        assert _announced(relay.lines) == (cert, "made now")
+        assert _announced(relay) == (cert, "made now")
         assert {"localhost", "*.localhost", "127.0.0.1"} <= _names(cert)
