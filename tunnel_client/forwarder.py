@@ -558,7 +558,8 @@ class _Exchange:
             return
         if self.reader.hop_by_hop:
             headers = tuple(strip_hop_by_hop(headers))
-        reply = ResponseHead(status, headers)
+        # The reader held the head to the protocol's rules as it parsed it.
+        reply = ResponseHead.prechecked(status, headers)
         ended = self.reader.done
         stream.reply(reply, end_stream=ended)
         if self.observed is not None:

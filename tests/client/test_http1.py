@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.protocol.helpers import examples
 from tunnel_client.http1 import (
     MAX_HEAD_BYTES,
     HeadTooLargeError,
@@ -15,7 +18,7 @@ from tunnel_client.http1 import (
     header_bytes,
     request_head,
 )
-from tunnel_client.protocol.heads import Headers, RequestHead
+from tunnel_client.protocol.heads import Headers, RequestHead, ResponseHead
 
 
 @dataclass
@@ -207,3 +210,30 @@ def test_heads_too_large() -> None:
         read(b"HTTP/1.1 200 OK\r\nX: " + b"y" * MAX_HEAD_BYTES)
     with pytest.raises(HeadTooLargeError, match="KiB"):
         read(b"HTTP/1.1 200 OK\r\nX: " + b"y" * MAX_HEAD_BYTES + b"\r\n\r\n")
+
+
+# The forwarder hands what the reader parsed to ResponseHead.prechecked, which skips the
+# protocol's checks: every head the reader accepts must pass them.
+_TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_header_line = st.tuples(
+    st.text(alphabet=_TCHARS, min_size=1, max_size=12),
+    st.sampled_from([":", " :", "\t:"]),  # whitespace before the colon is removed
+    st.binary(max_size=30),  # any bytes: the reader refuses what may not pass
+    st.sampled_from([b"\r\n", b"\n"]),
+)
+
+
+@examples(300)
+@given(st.integers(100, 599), st.lists(_header_line, max_size=8))
+def test_property_every_head_the_reader_accepts_passes_the_protocol_checks(
+    status: int, lines: list[tuple[str, str, bytes, bytes]]
+) -> None:
+    raw = b"".join(n.encode() + c.encode() + v + end for n, c, v, end in lines)
+    response = b"HTTP/1.1 %d X\r\n%b\r\n" % (status, raw)
+    try:
+        sink, _ = read(response, head_request=True, upgrade=status == 101)
+    except InvalidResponse:
+        return  # refused: nothing reaches the tunnel
+    for parsed_status, _, headers in sink.heads:
+        checked = ResponseHead(parsed_status, headers)  # validates; raises if not
+        assert ResponseHead.prechecked(parsed_status, headers) == checked

@@ -128,6 +128,11 @@ BAD_REQUESTS = {
     "header value with CR": request_json(headers=[["X", "a\rb"]]),
     "header value with LF": request_json(headers=[["X", "a\nSet-Cookie: evil"]]),
     "header value with NUL": request_json(headers=[["X", "a\0b"]]),
+    "a triple after a pair": request_json(headers=[["A", "1"], ["B", "2", "3"]]),
+    "a string after a pair": request_json(headers=[["A", "1"], "ab"]),
+    "header name a list": request_json(headers=[[["X"], "x"]]),
+    "header value a list after a pair": request_json(headers=[["A", "1"], ["X", ["y"]]]),
+    "header value an object": request_json(headers=[["X", {"y": 1}]]),
     "too many headers": request_json(headers=[["X", "y"]] * (MAX_HEADERS + 1)),
 }
 

@@ -62,6 +62,8 @@ _TOKEN = re.compile(_TCHAR_RUN + r"\Z")
 _TOKENS = re.compile(rf"(?:{_TCHAR_RUN}\n)*{_TCHAR_RUN}")  # names joined by newlines
 _BAD_VALUE = re.compile(r"[\x00\r\n]")
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_PAIR_TYPES = frozenset({list, tuple})
+_JUST_PAIRS = frozenset({2})
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -89,17 +91,23 @@ def _check_headers(raw: Any, error: type[ProtocolError]) -> Headers:
         raise error(f"{len(raw)} headers exceed the limit of {MAX_HEADERS}")
     if not raw:
         return ()
-    if all(type(pair) in (list, tuple) and len(pair) == 2 for pair in raw):
-        checked = tuple((name, value) for name, value in raw)
-        if all(type(name) is str and type(value) is str for name, value in checked):
-            names = "\n".join(name for name, _ in checked)
+    # map() and zip() keep the per-header loop in C (a generator expression per check
+    # cost a third of the time); str.join refuses anything that is not a string.
+    if set(map(type, raw)) <= _PAIR_TYPES and set(map(len, raw)) == _JUST_PAIRS:
+        names, values = zip(*raw, strict=True)
+        try:
+            joined_names = "\n".join(names)
+            joined_values = "\t".join(values)
+        except TypeError:
+            pass  # a name or value that is no string: said below
+        else:
             if (
-                _TOKENS.fullmatch(names)
+                _TOKENS.fullmatch(joined_names)
                 # a newline inside a name would pass as two names: count them
-                and names.count("\n") == len(checked) - 1
-                and not _BAD_VALUE.search("\t".join(value for _, value in checked))
+                and joined_names.count("\n") == len(names) - 1
+                and not _BAD_VALUE.search(joined_values)
             ):
-                return checked
+                return tuple(zip(names, values, strict=True))
     for pair in raw:
         if not isinstance(pair, list | tuple) or len(pair) != 2:
             raise error("each header must be a [name, value] pair")
@@ -280,6 +288,20 @@ class ResponseHead:
         """The first value of a header, case-insensitively, or None."""
         lname = name.lower()
         return next((v for n, v in self.headers if n.lower() == lname), None)
+
+    @classmethod
+    def prechecked(cls, status: int, headers: Headers) -> ResponseHead:
+        """A head whose fields the caller has already held to this module's rules.
+
+        For the client's HTTP/1.1 reader, which enforces them as it parses the local
+        server's response: a status in 100..599, at most :data:`MAX_HEADERS` headers,
+        token names, values free of NUL, CR and LF. Checking them all again was about
+        a twentieth of the client's time per request.
+        """
+        head = object.__new__(cls)
+        object.__setattr__(head, "status", status)
+        object.__setattr__(head, "headers", headers)
+        return head
 
     def encode(self) -> bytes:
         """The JSON payload of a REPLY frame."""
