@@ -266,6 +266,16 @@ class ResponseReader:
         if extra:
             self.reusable = False
         self._sink.response_end()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Done: nothing more reaches the sink, so drop it. The sink (the forwarder's
+        exchange) holds this reader: kept, the pair would be a reference cycle per
+        request, freed only by the cyclic garbage collector."""
+        self._sink = _LET_GO
+        if self._chunked is not None:
+            self._chunked.let_go()
+            self._chunked = None
 
     # -- heads --------------------------------------------------------------------------
 
@@ -321,8 +331,10 @@ class ResponseReader:
         self.head_done = True
         self._frame(status, headers)
         self._sink.response_head(status, match.group(3) or "", headers)
-        if self.done and status != 101:
-            self._sink.response_end()
+        if self.done:
+            if status != 101:
+                self._sink.response_end()
+            self._let_go()
         return False
 
     def _frame(self, status: int, headers: Headers) -> None:
@@ -376,6 +388,22 @@ class ResponseReader:
         self.reusable = False
 
 
+class _LetGo:
+    """The sink of a reader that is done: never called (a call would be a bug here)."""
+
+    def response_head(self, status: int, reason: str, headers: Headers) -> None:
+        raise AssertionError("a done response reader got a head")
+
+    def response_body(self, data: bytes) -> None:
+        raise AssertionError("a done response reader got body bytes")
+
+    def response_end(self) -> None:
+        raise AssertionError("a done response reader ended twice")
+
+
+_LET_GO = _LetGo()
+
+
 def _could_start(data: bytes) -> bool:
     """True if ``data`` may still grow into ``HTTP/1.x``."""
     prefix = b"HTTP/1."
@@ -425,11 +453,16 @@ class _ChunkedBody:
         self._sink = sink
         self.done = False
         self.extra = False
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._parser.feed_data(_CHUNKED_HEAD)
 
+    def let_go(self) -> None:
+        """Done: drop the parser (which holds this object: a cycle) and the sink."""
+        self._parser = None
+        self._sink = _LET_GO
+
     def feed(self, data: bytes) -> None:
-        if self.done:
+        if self.done or self._parser is None:
             self.extra = self.extra or bool(data)
             return
         try:

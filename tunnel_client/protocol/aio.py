@@ -456,6 +456,13 @@ class Stream:
             on_failure, self._on_failure = self._on_failure, None
             on_failure()
 
+    def _let_go(self) -> None:
+        """The stream is over: its callbacks can no longer fire, so drop them. They are
+        bound methods of whoever serves the stream, which holds the stream: kept, they
+        would make a reference cycle per request, freed only by the cyclic collector."""
+        self._on_failure = None
+        self._response_callback = None
+
     def _on_data(self, data: bytes, end: bool) -> None:
         if data:
             self._chunks.append(data)
@@ -665,7 +672,9 @@ class Session:
     def forget_if_done(self, stream_id: int) -> None:
         """Drop the stream from the dispatch table once the mux has forgotten it."""
         if not self.mux.is_live(stream_id):
-            self._streams.pop(stream_id, None)
+            stream = self._streams.pop(stream_id, None)
+            if stream is not None:
+                stream._let_go()
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
