@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -546,7 +547,7 @@ def render_inspector_cost(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def profile(bench: Bench, tunnel: Target) -> None:
     """One more tunnel run at 64 connections with py-spy sampling relay and client."""
-    duration = max(bench.args.duration, 5)
+    duration = max(math.ceil(bench.args.duration), 5)  # py-spy takes whole seconds only
     spies = {}
     for role in ("relay", "client"):
         out = RESULTS / f"{bench.stamp}-{role}.collapsed.txt"
