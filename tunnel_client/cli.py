@@ -7,6 +7,7 @@ Gradio integration and show the resolved configuration.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -164,10 +165,36 @@ def _fail(problems: list[str], as_json: bool, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-async def _run(config: ClientConfig, display: Any) -> None:
-    from .client import TunnelClient
+# Objects a request allocates and frees again (64 requests in flight hold ~1,300) crossed
+# the collector's default trigger of 700 over and over: 1,130 young-generation passes over
+# 94,000 requests (0.42 s) at 64 connections, 12 at this threshold (0.01 s).
+_YOUNG_COLLECTION_THRESHOLD = 10_000
 
-    client = TunnelClient(config, on_event=display)
+
+def _settle_collector() -> None:
+    """Tune the cyclic garbage collector once the link is up (the CLI's own process only:
+    a library user's process keeps its settings). Everything allocated so far lives as
+    long as the process: frozen, full passes no longer walk it (23 ms each, ~2 µs a
+    request at 64 connections). Requests leave no reference cycles, so collecting the
+    young generation less often keeps no garbage longer."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(_YOUNG_COLLECTION_THRESHOLD, middle, old)
+
+
+async def _run(config: ClientConfig, display: Any) -> None:
+    from .client import Ready, TunnelClient
+
+    settled = False
+
+    def on_event(event: Any) -> None:
+        nonlocal settled
+        display(event)
+        if not settled and isinstance(event, Ready):
+            settled = True
+            _settle_collector()
+
+    client = TunnelClient(config, on_event=on_event)
     loop = asyncio.get_running_loop()
     interrupts = 0
 
