@@ -167,7 +167,7 @@ def _fail(problems: list[str], as_json: bool, code: int = 1) -> NoReturn:
 
 # Objects a request allocates and frees again (64 requests in flight hold ~1,300) crossed
 # the collector's default trigger of 700 over and over: 1,130 young-generation passes over
-# 94,000 requests (0.42 s) at 64 connections, 12 at this threshold (0.01 s).
+# 94,000 requests (0.42 s) at 64 connections; at this threshold, none over 71,000.
 _YOUNG_COLLECTION_THRESHOLD = 10_000
 
 
