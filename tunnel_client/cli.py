@@ -7,13 +7,14 @@ Gradio integration and show the resolved configuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -23,6 +24,9 @@ from .protocol.errors import ConfigError, TunnelError
 from .protocol.settings import Origin, Resolved, option_specs, resolve
 from .protocol.version import package_version
 from .settings import CLIENT, client_config
+
+if TYPE_CHECKING:
+    from .client import TunnelClient
 
 __all__ = ["main"]
 
@@ -182,19 +186,18 @@ def _settle_collector() -> None:
     gc.set_threshold(_YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
+async def _settle_collector_when_ready(client: TunnelClient) -> None:
+    """Once, after the link first came up (not per event: the display's callback runs
+    for every request)."""
+    with contextlib.suppress(Exception):  # no link at all: run() says why
+        await client.wait_ready()
+        _settle_collector()
+
+
 async def _run(config: ClientConfig, display: Any) -> None:
-    from .client import Ready, TunnelClient
+    from .client import TunnelClient
 
-    settled = False
-
-    def on_event(event: Any) -> None:
-        nonlocal settled
-        display(event)
-        if not settled and isinstance(event, Ready):
-            settled = True
-            _settle_collector()
-
-    client = TunnelClient(config, on_event=on_event)
+    client = TunnelClient(config, on_event=display)
     loop = asyncio.get_running_loop()
     interrupts = 0
 
@@ -207,7 +210,11 @@ async def _run(config: ClientConfig, display: Any) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    await client.run()
+    settling = loop.create_task(_settle_collector_when_ready(client))
+    try:
+        await client.run()
+    finally:
+        settling.cancel()
 
 
 @main.command("check-config")
