@@ -173,8 +173,6 @@ class Relay:
         )
         if self.cluster is not None:
             await self.cluster.start(self.port, tls=self.ssl_context is not None)
-        if self.config.ready_file is not None:
-            self._write_ready_file(self.config.ready_file)
 
     async def _start_admin(self, port: int) -> None:
         from .admin import make_admin_app
@@ -206,7 +204,9 @@ class Relay:
         named = getattr(self.config, "node_id", None)
         return str(named) if named else f"{self.config.host}:{self.port}"
 
-    def _write_ready_file(self, path: Path) -> None:
+    def write_ready_file(self, path: Path) -> None:
+        """Say the relay serves: its port, URL and domain as JSON in ``path`` (for
+        scripts and supervisors; the CLI writes it once its start-up lines are out)."""
         info: dict[str, Any] = {
             "port": self.port,
             "url": f"{'https' if self.ssl_context else 'http'}://{self.config.host}:{self.port}",

@@ -203,6 +203,13 @@ async def _run(
         raise SystemExit(f"tunnel-relay: {'; '.join(exc.problems)}") from None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"tunnel-relay: cannot load the lease key: {exc}") from None
+    # Handlers first: a stop signal that comes the moment the relay is up (a supervisor
+    # that saw the ready file) must find them, or it would kill the relay mid-start.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
     try:
         await relay.start()
     except ListenError as exc:
@@ -223,11 +230,8 @@ async def _run(
     )
     trust = f" --ca-file {ca_file}" if ca_file is not None else ""
     _say(config, f"clients: tunnel PORT --relay {config.relay_url(relay.port)}{trust}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, relay.reload)
+    if config.ready_file is not None:
+        relay.write_ready_file(config.ready_file)  # last: what it announces is all true
     await stop.wait()
     logger.info("stopping: finishing in-flight requests, then closing tunnels")
     await relay.shutdown()

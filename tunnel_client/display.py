@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import io
 import ipaddress
-import json
 import sys
 import time
 from typing import Any, TextIO
@@ -24,6 +23,7 @@ from .client import (
 )
 from .forwarder import RequestRecord
 from .output import LineOutput
+from .protocol.jsontext import plain_encoder
 from .protocol.units import format_duration
 
 __all__ = ["HumanDisplay", "JsonDisplay", "iso_time", "machine_local", "qr_text"]
@@ -33,6 +33,8 @@ LOCAL_ONLY_HINT = (
     '--relay wss://<your relay>, set TUNNEL_RELAY, or put relay = "..." in '
     "~/.config/sharetunnel/client.toml."
 )
+_json_line = plain_encoder()
+"""``json.dumps``, for a line per request (see protocol.jsontext)."""
 WARNING_PAGE_HINT = (
     "Warning     browsers see the relay's warning page once per link; "
     "--bypass-token TOKEN gives a link that skips it"
@@ -208,11 +210,11 @@ class JsonDisplay:
         self.protected = False
         self.out = LineOutput(
             out or sys.stdout,
-            dropped_line=lambda n: json.dumps({"event": "dropped", "requests": n}),
+            dropped_line=lambda n: _json_line({"event": "dropped", "requests": n}),
         )
 
     def emit(self, event: str, *, droppable: bool = False, **fields: Any) -> None:
-        self.out.write(json.dumps({"event": event, **fields}), droppable=droppable)
+        self.out.write(_json_line({"event": event, **fields}), droppable=droppable)
 
     def close(self) -> None:
         """Write every queued line."""

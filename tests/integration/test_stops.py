@@ -52,3 +52,16 @@ def test_sigterm_on_the_relay_closes_tunnels_with_a_reason(origin: Origin) -> No
     assert tunnel.events[-1]["event"] == "closed", tunnel.events
     # The relay process is gone for good (nothing left to stop).
     assert stop_process(relay.proc) == 0
+
+
+@pytest.mark.timeout(60)
+def test_the_ready_file_comes_after_the_start_up_lines_and_a_stop_right_then_is_clean() -> None:
+    # A supervisor that stops the relay the moment its ready file appears must get a
+    # clean stop (exit 0), not a kill mid-start; and what the file announces, the relay
+    # has said already.
+    relay = start_relay()
+    relay.proc.send_signal(signal.SIGTERM)
+    assert relay.proc.wait(20) == 0
+    logged = relay.stderr_text()
+    assert "tunnel-relay listening on" in logged and "clients: tunnel PORT" in logged, logged
+    assert "stopping" in logged and "Traceback" not in logged, logged

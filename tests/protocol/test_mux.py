@@ -159,6 +159,36 @@ def test_fin_alone_in_an_empty_data_frame() -> None:
     assert pair.client.events_received() == [DataReceived(sid, b"", True)]
 
 
+def test_an_end_right_after_the_last_bytes_rides_on_their_frame() -> None:
+    pair = MuxPair()
+    sid = pair.open(GET)
+    pair.client.send_reply(sid, OK)
+    assert pair.client.send_data(sid, b"body") == 4
+    assert pair.client.send_data(sid, b"", end_stream=True) == 0
+    assert not pair.client.is_live(sid)
+    reply, data = frames_of(pair.client.data_to_send())
+    assert reply.type is FrameType.REPLY and not reply.fin
+    assert data == data_frame(sid, b"body", fin=True)
+    pair.relay.receive_message(message(reply, data))
+    assert pair.relay.events_received() == [
+        ReplyReceived(sid, OK, False),
+        DataReceived(sid, b"body", True),
+    ]
+
+
+def test_an_end_after_another_frame_or_a_flush_is_a_frame_of_its_own() -> None:
+    pair = MuxPair()
+    first, second = pair.open(GET), pair.open(GET)
+    for sid in (first, second):
+        pair.client.send_reply(sid, OK)
+        pair.client.send_data(sid, b"x")
+    pair.client.send_data(first, b"", end_stream=True)  # the last frame is second's
+    *_, last = frames_of(pair.client.data_to_send())
+    assert last == data_frame(first, b"", fin=True)
+    pair.client.send_data(second, b"", end_stream=True)  # its DATA already went out
+    assert frames_of(pair.client.data_to_send()) == [data_frame(second, b"", fin=True)]
+
+
 def test_stream_ids_are_even_and_increase() -> None:
     pair = MuxPair()
     ids = [pair.relay.open_stream(GET, end_stream=True) for _ in range(3)]

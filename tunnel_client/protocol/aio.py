@@ -192,8 +192,10 @@ class Stream:
         self.request = request
         """(client) The request head the relay sent."""
         self._chunks: deque[bytes] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
+        # Futures made only when a task must wait (most streams never do), one task at
+        # a time on each side: a reader, and a writer.
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._error: StreamReset | SessionClosed | None = None
         self._write_error: StreamReset | SessionClosed | None = None
@@ -253,8 +255,7 @@ class Stream:
                 raise self._error
             if self._eof:
                 return b""
-            self._readable.clear()
-            await self._readable.wait()
+            await self._wait_readable()
         chunk = self._chunks.popleft()
         self._session.acknowledge(self.id, len(chunk))
         return chunk
@@ -307,8 +308,7 @@ class Stream:
         while not self._messages:
             if self._error is not None:
                 raise self._error
-            self._readable.clear()
-            await self._readable.wait()
+            await self._wait_readable()
         item = self._messages[0]
         if isinstance(item, WebSocketClosed):
             return item
@@ -327,9 +327,12 @@ class Stream:
             raise self._write_error
 
     async def _await_credit(self) -> None:
-        self._writable.clear()
-        if self._mux.credit(self.id) == 0:
-            await self._writable.wait()
+        if self._mux.credit(self.id) == 0 and self._write_error is None:
+            waiter = self._write_waiter = self._session._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._write_waiter = None
             self._check_usable()
 
     async def write(self, data: Bytes) -> None:
@@ -444,8 +447,8 @@ class Stream:
         if not self._eof and self._error is None:
             self._error = error
             self._chunks.clear()
-        self._readable.set()
-        self._writable.set()
+        self._wake_reader()
+        self._wake_writer()
         if self._reply is not None and not self._reply.done():
             self._reply.set_exception(error)
             self._reply.exception()  # nobody may be waiting: don't warn
@@ -468,7 +471,7 @@ class Stream:
             self._chunks.append(data)
         if end:
             self._eof = True
-        self._readable.set()
+        self._wake_reader()
 
     def _on_message(self, event: MessageReceived, max_size: int) -> None:
         self._partial.append(event.data)
@@ -491,7 +494,24 @@ class Stream:
         unacked = self._partial_unacked + len(event.data)
         self._partial_unacked = 0
         self._messages.append(WebSocketMessage(data, event.text, unacked))
-        self._readable.set()
+        self._wake_reader()
+
+    async def _wait_readable(self) -> None:
+        waiter = self._read_waiter = self._session._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._read_waiter = None
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
@@ -878,14 +898,14 @@ class Session:
                     stream._on_data(data, end)
             case WindowOpened(stream_id=sid):
                 if stream := self._streams.get(sid):
-                    stream._writable.set()
+                    stream._wake_writer()
             case StreamOpened(stream_id=sid, head=head, end_stream=end):
                 self._start_stream(sid, head, end)
             case ReplyReceived(stream_id=sid, head=head, end_stream=end):
                 if (stream := self._streams.get(sid)) and stream._reply is not None:
                     if end:
                         stream._eof = True
-                        stream._readable.set()
+                        stream._wake_reader()
                     if not stream._reply.done():
                         stream._reply.set_result((head, end))
                         if stream._response_callback is not None:
@@ -897,7 +917,7 @@ class Session:
             case CloseReceived(stream_id=sid, code=code, reason=reason):
                 if stream := self._streams.get(sid):
                     stream._messages.append(WebSocketClosed(code, reason))
-                    stream._readable.set()
+                    stream._wake_reader()
             case ResetReceived(stream_id=sid, code=code, reason=reason):
                 stream = self._streams.pop(sid, None)
                 if stream is not None:

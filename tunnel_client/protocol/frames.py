@@ -144,8 +144,6 @@ _PAYLOAD_BOUNDS: dict[FrameType, tuple[int, int]] = {
     FrameType.CLOSE: (2, 2 + MAX_REASON_BYTES),
 }
 
-_TYPES_BY_CODE = {t.value: t for t in FrameType}
-
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -174,6 +172,19 @@ def check_frame(type_: FrameType, flags: int, stream_id: int, length: int) -> st
     if not low <= length <= high:
         return f"{type_.name} payload of {length} bytes (allowed {low}..{high})"
     return None
+
+
+# What decode_frames checks per type code: (type, forbidden flags, session-wide,
+# minimum and maximum payload length), from the tables above.
+_RULES_BY_CODE: dict[int, tuple[FrameType, int, bool, int, int]] = {
+    t.value: (t, _FORBIDDEN_FLAGS[t], t in _SESSION_TYPES, *_PAYLOAD_BOUNDS[t]) for t in FrameType
+}
+_new_frame = object.__new__
+# The slots' own setters, which a frozen dataclass's __setattr__ does not stand in front of.
+_set_type = Frame.__dict__["type"].__set__
+_set_flags = Frame.__dict__["flags"].__set__
+_set_stream_id = Frame.__dict__["stream_id"].__set__
+_set_payload = Frame.__dict__["payload"].__set__
 
 
 def goaway_frame(code: GoAwayCode, reason: str) -> Frame:
@@ -223,22 +234,34 @@ def decode_frames(message: bytes) -> list[Frame]:
         raise RemoteProtocolError("empty message")
     if size > MAX_MESSAGE_BYTES:
         raise RemoteProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if not isinstance(message, bytes):
+        message = bytes(message)  # a slice of bytes is the payload's one copy
     frames: list[Frame] = []
     offset = 0
-    view = memoryview(message)
+    header_size = HEADER.size
+    unpack_from = HEADER.unpack_from
+    rules = _RULES_BY_CODE
     while offset < size:
-        if size - offset < HEADER.size:
+        if size - offset < header_size:
             raise RemoteProtocolError("truncated frame header")
-        code, flags, stream_id, length = HEADER.unpack_from(message, offset)
-        type_ = _TYPES_BY_CODE.get(code)
-        if type_ is None:
+        code, flags, stream_id, length = unpack_from(message, offset)
+        rule = rules.get(code)
+        if rule is None:
             raise RemoteProtocolError(f"unknown frame type 0x{code:02x}")
-        problem = check_frame(type_, flags, stream_id, length)
-        if problem is not None:
-            raise RemoteProtocolError(problem)
-        start = offset + HEADER.size
+        type_, forbidden, on_session, low, high = rule
+        # check_frame's rules, inline (this runs for every frame); it says what is wrong.
+        if flags & forbidden or (stream_id == 0) != on_session or not low <= length <= high:
+            raise RemoteProtocolError(check_frame(type_, flags, stream_id, length) or "")
+        start = offset + header_size
         offset = start + length
         if offset > size:
             raise RemoteProtocolError(f"truncated {type_.name} payload")
-        frames.append(Frame(type_, flags, stream_id, bytes(view[start:offset])))
+        # Frame(...) without the frozen dataclass's __init__, which sets each field
+        # through object.__setattr__: that cost more than the rest of this loop.
+        frame = _new_frame(Frame)
+        _set_type(frame, type_)
+        _set_flags(frame, flags)
+        _set_stream_id(frame, stream_id)
+        _set_payload(frame, message[start:offset])
+        frames.append(frame)
     return frames

@@ -16,13 +16,13 @@ byte of it reaches an HTTP library. Unknown keys are ignored, for forward compat
 from __future__ import annotations
 
 import json
-import json.encoder
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .jsontext import plain_encoder
 
 __all__ = [
     "HOP_BY_HOP",
@@ -171,30 +171,12 @@ def _load_object(payload: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-# One encoder for every head: json.dumps() with options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_iterencode = (
-    None
-    if _c_make_encoder is None
-    else _c_make_encoder(
-        None,  # no check for cycles: a head is plain lists, strings and numbers
-        _ENCODER.default,
-        json.encoder.encode_basestring_ascii,
-        None,
-        ":",
-        ",",
-        False,
-        False,
-        True,
-    )
-)
+# One encoder for every head: json.dumps() builds a new one per call.
+_dump_text = plain_encoder(item_separator=",", key_separator=":")
 
 
 def _dump(obj: dict[str, Any]) -> bytes:
-    if _iterencode is None:  # pragma: no cover - CPython has the C encoder
-        return _ENCODER.encode(obj).encode()
-    return "".join(_iterencode(obj, 0)).encode()
+    return _dump_text(obj).encode()
 
 
 @dataclass(frozen=True, slots=True)

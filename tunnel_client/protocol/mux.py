@@ -588,12 +588,32 @@ class Mux:
             raise InvalidState("send a reply before the response body")
         n = self._take_credit(stream, len(data))
         fin = end_stream and n == len(data)
-        if n or fin:
+        if n:
             self._emit(FrameType.DATA, _FIN if fin else 0, stream_id, _frozen(data, n))
+        elif fin and not self._end_queued_data(stream_id):
+            self._emit(FrameType.DATA, _FIN, stream_id)
         if fin:
             stream.local_open = False
             self._forget_if_done(stream)
         return n
+
+    def _end_queued_data(self, stream_id: int) -> bool:
+        """Set FIN on the last queued frame if it is this stream's DATA; True if it was.
+
+        A body usually ends right after its last bytes were sent (a reader learns the
+        end only once it passed them on): without this, every response would cost an
+        empty DATA frame more, to encode, send, decode and dispatch on both sides.
+        """
+        if not self._out:
+            return False
+        header, payload = self._out[-1]
+        type_, flags, last_id, length = HEADER.unpack(header)
+        if type_ != FrameType.DATA or last_id != stream_id or flags & _FIN:
+            return False
+        self._out[-1] = (HEADER.pack(type_, flags | _FIN, stream_id, length), payload)
+        if self.debug:
+            self.logger.debug("> (FIN set on the DATA above) stream=%d", stream_id)
+        return True
 
     def send_message_part(self, stream_id: int, data: Bytes, *, text: bool, final: bool) -> int:
         """Send (part of) a WebSocket message on an upgraded stream.
