@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tunnel_client.protocol.errors import ConfigError
+
 from . import pages
 from .config import RelayConfig
 from .directory import Limits, LinkDirectory, LinkState, MemoryDirectory
@@ -91,7 +93,10 @@ class Relay:
             self.directory = MemoryDirectory(limits, url_for)
         self.seam = Router(self.directory)
         """The routing seam the edge asks: where a link lives, which session to use."""
-        self.signer = LeaseSigner(load_or_create_key(config.lease_key))
+        try:
+            self.signer = LeaseSigner(load_or_create_key(config.lease_key))
+        except (OSError, ValueError) as exc:
+            raise ConfigError([f"cannot load the lease key {config.lease_key}: {exc}"]) from None
         self.interstitial = (
             Interstitial(
                 self.signer.derive_secret("interstitial"),
@@ -103,7 +108,7 @@ class Relay:
         )
         """The warning page browsers see first (``--interstitial``), or None."""
         self.tokens = TokenStore(config.tokens_file)
-        self.admin_tokens = TokenStore(config.admin_token_file)
+        self.admin_tokens = TokenStore(config.admin_token_file, "admin token file")
         self.observe = Observer(self.directory, config)
         if self.cluster is not None:
             self.observe.broker_probe = self.cluster.broker.connected.is_set

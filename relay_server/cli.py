@@ -199,10 +199,10 @@ async def _run(
 
     try:
         relay = Relay(config, ssl_context=ssl_context)
-    except ConfigError as exc:  # the cluster secret or broker password file
+    except ConfigError as exc:  # the lease key, token files, cluster secret, broker password
         raise SystemExit(f"tunnel-relay: {'; '.join(exc.problems)}") from None
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"tunnel-relay: cannot load the lease key: {exc}") from None
+        raise SystemExit(f"tunnel-relay: cannot start: {exc}") from None
     # Handlers first: a stop signal that comes the moment the relay is up (a supervisor
     # that saw the ready file) must find them, or it would kill the relay mid-start.
     stop = asyncio.Event()

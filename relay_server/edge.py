@@ -149,6 +149,8 @@ class VisitorConnection(asyncio.Protocol):
         self._head_since: float | None = None
         self._idle_since: float | None = None
         self.reply_by: float | None = None
+        self._reply_within: float | None = None
+        """Seconds the app gets to answer, counted once the request body is all here."""
         self.last_in = 0.0
         self.last_out = 0.0
         self.streaming = False
@@ -450,6 +452,8 @@ class VisitorConnection(asyncio.Protocol):
     def _end_body(self, rest: bytes) -> None:
         self._body = None
         self.body_done = True
+        if self._reply_within is not None:
+            self.await_reply(self._reply_within)
         self._buffer += rest
         self._wake_reader()
 
@@ -515,7 +519,7 @@ class VisitorConnection(asyncio.Protocol):
         self.stream = None
         self.task = None
         self.streaming = False
-        self.reply_by = None
+        self.reply_by = self._reply_within = None
         if self.state == _CLOSED:
             return
         if not keep_alive or not self.body_done or self.state != _BUSY:
@@ -663,6 +667,22 @@ class VisitorConnection(asyncio.Protocol):
         if self.stream is not None:
             self.stream.reset(ResetCode.CANCEL, f"no data for {idle:g} s")
         self.abort()
+
+    def await_reply(self, timeout_s: float) -> None:
+        """The app must start answering within ``timeout_s``: from now if the request
+        is all here, else from the end of its body. A body's upload, however slow, is
+        the visitor's time (its stalls are cut by the idle timeout), and an app that
+        reads a whole upload before it answers is not late for it."""
+        if self.body_done:
+            self._reply_within = None
+            self.reply_by = self.loop.time() + timeout_s
+            self.arm(self.reply_by)
+        else:
+            self._reply_within = timeout_s
+
+    def answered(self) -> None:
+        """The app's answer (or the stream's failure) came: no reply deadline any more."""
+        self.reply_by = self._reply_within = None
 
     def arm(self, when: float) -> None:
         """Make sure the deadlines are looked at by ``when`` (after the exchange set one)."""

@@ -146,8 +146,7 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
             # Visitors that ask (curl does above 1 MiB) wait for this before the body.
             conn.write(_CONTINUE)
         conn.start_body(request)
-    conn.reply_by = conn.loop.time() + config.response_timeout_s
-    conn.arm(conn.reply_by)
+    conn.await_reply(config.response_timeout_s)
     _Exchange(conn, request, stream, relay, host, websocket, has_body).start()
 
 
@@ -350,7 +349,7 @@ class _Exchange:
     def _respond(self) -> None:
         """The response head arrived (or the stream failed): answer the visitor."""
         conn, request, stream = self.conn, self.request, self.stream
-        conn.reply_by = None
+        conn.answered()
         try:
             head, ended = stream.response_nowait()
         except StreamReset as reset:

@@ -192,10 +192,30 @@ class HumanDisplay:
     def _request(self, record: RequestRecord) -> None:
         now = datetime.datetime.now().strftime("%H:%M:%S")
         ms = record.duration_s * 1000
-        line = f"{now}  {record.method:<7} {record.path}  {record.status}  {ms:.0f} ms"
+        path = shown_on_terminal(record.path)
+        line = f"{now}  {record.method:<7} {path}  {record.status}  {ms:.0f} ms"
         if record.error:
-            line += f"  ({record.error})"
+            line += f"  ({shown_on_terminal(record.error)})"
         self._print(line, droppable=True)
+
+
+def shown_on_terminal(text: str) -> str:
+    """``text`` with every character a terminal could act on written as an escape.
+
+    A visitor chooses the path: C1 controls (U+009B is a CSI to xterm), bidi overrides
+    (U+202E reorders what the owner reads) and bytes that were not UTF-8 (surrogate
+    escapes) reach the owner's terminal only as ``\\x9b``, ``\\u202e``, ``\\xff``.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
+        code -= 0xDC00
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class JsonDisplay:

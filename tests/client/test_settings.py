@@ -237,6 +237,17 @@ def test_several_relays_by_repeated_flag_list_or_commas(
     one, two = "wss://a.example.com", "ws://127.0.0.1:9"
     assert tunnel("7860", "--relay", one, "--relay", two).config.relay == (one, two)
     assert tunnel("7860", env={"TUNNEL_RELAY": f"{one},{two}"}).config.relay == (one, two)
+    # A comma-separated list in one flag, as --help says, not one URL with a comma in it.
+    assert tunnel("7860", "--relay", f"{one},{two}").config.relay == (one, two)
+    assert tunnel("7860", "--relay", f"{one}, {two}", "--relay", one).config.relay == (
+        one,
+        two,
+        one,
+    )
+    refused = tunnel("check-config", "--relay", f"{one},ftp://x")
+    assert refused.result.exit_code == 1 and "relay URL 'ftp://x' must start with" in (
+        "\n".join(refused.problems)
+    )
     path = tmp_path / "client.toml"
     path.write_text(f'relay = ["{one}", "{two}"]\n')
     assert tunnel("7860", "--config", str(path)).config.relay == (one, two)

@@ -8,6 +8,8 @@ import json
 import re
 import signal
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,6 +56,33 @@ def test_a_relay_with_tokens_refuses_clients_without_a_good_one(
         assert "not accepted" in _refused(origin, relay.url, "--token", "alpha-token")
         with run_tunnel(origin.port, "--token", "beta-token", relay=relay) as tunnel:
             assert fetch(relay.port, tunnel.host).status == 200
+
+
+@pytest.mark.timeout(60)
+def test_a_tokens_file_that_is_not_text_is_named_at_start_and_kept_out_on_sighup(
+    origin: Origin, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes(b"alpha-token\n\xff\xfe oops\n")
+    for option in ("--tokens-file", "--admin-token-file"):
+        started = subprocess.run(
+            [sys.executable, "-m", "relay_server", "--port", "0", option, str(tokens)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert started.returncode != 0
+        what = "tokens file" if option == "--tokens-file" else "admin token file"
+        assert f"cannot use the {what} {tokens}: not UTF-8 text" in started.stderr
+        assert "lease key" not in started.stderr and "Traceback" not in started.stderr
+    tokens.write_text("alpha-token\n")
+    with run_relay("--tokens-file", str(tokens)) as relay:
+        tokens.write_bytes(b"\xff\xfe\n")
+        relay.proc.send_signal(signal.SIGHUP)
+        relay.wait_logged("keeping the previous tokens")
+        with run_tunnel(origin.port, "--token", "alpha-token", relay=relay) as tunnel:
+            assert fetch(relay.port, tunnel.host).status == 200
+    assert "Traceback" not in relay.stderr_text()
 
 
 def _basic(user: str, password: str) -> str:

@@ -185,3 +185,31 @@ def test_no_relay_human_output_says_local_only_and_how_to_go_public(origin: Orig
     # One line per request, with its method, path and status.
     request_lines = [e["line"] for e in tunnel.events if " GET " in e.get("line", "")]
     assert request_lines and all(" / " in line and " 200 " in line for line in request_lines)
+
+
+@pytest.mark.timeout(60)
+def test_a_visitors_path_cannot_drive_the_owners_terminal(origin: Origin) -> None:
+    # C1 controls (U+009B is a CSI to xterm) and bidi overrides (U+202E) are valid
+    # UTF-8 in a request target: the owner's terminal gets them only as escapes.
+    tunnel = start_human_tunnel(origin.port)
+    try:
+        forwarding = tunnel.wait_event("text")["line"]
+        url = re.findall(r"http://\S+", forwarding)[0]
+        host = url.split("//", 1)[1].rstrip("/")
+        port = int(host.rsplit(":", 1)[1])
+        target = "/a\u009b2J\u202eevil".encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(
+                b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                % (target, host.encode())
+            )
+            answer = sock.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 "), answer  # (the origin refuses such paths)
+        shown = ""
+        while " GET " not in shown:  # the link's lines first, then the request's
+            shown = tunnel.wait_event("text", timeout=20)["line"]
+    finally:
+        code = tunnel.stop(signal.SIGINT)
+    assert code == 0, tunnel.stderr_lines
+    assert "/a\\x9b2J\\u202eevil" in shown, shown
+    assert "\u009b" not in shown and "\u202e" not in shown

@@ -10,6 +10,7 @@ exception's text, what the local server sent) go to the owner's request log only
 from __future__ import annotations
 
 import http.server
+import json
 import signal
 import socket
 import socketserver
@@ -190,6 +191,34 @@ def test_local_server_too_slow_is_504_after_the_response_timeout(origin: Origin)
             took = time.monotonic() - started
             assert_page(reply, 504, "1 s", html=html)
             assert 0.9 <= took < 10, f"504 after {took:.2f} s"
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_upload_does_not_count_against_the_apps_time_to_answer(origin: Origin) -> None:
+    # /upload reads the whole body before it answers, as most apps do: its time to answer
+    # starts when the body is all there, however long the visitor took to send it.
+    def slowly() -> Iterator[bytes]:
+        for _ in range(6):
+            yield b"x" * 1000
+            time.sleep(0.6)
+
+    with (
+        run_relay("--response-timeout", "2s") as relay,
+        run_tunnel(origin.port, relay=relay) as tunnel,
+    ):
+        started = time.monotonic()
+        reply = fetch(
+            relay.port,
+            tunnel.host,
+            "/upload",
+            method="POST",
+            body=slowly(),  # http.client sends each piece as it comes
+            headers={"Content-Length": "6000"},
+        )
+        took = time.monotonic() - started
+    assert took > 3, "the upload was meant to outlast the response timeout"
+    assert reply.status == 200, reply.body[:300]
+    assert json.loads(reply.body)["length"] == 6000
 
 
 def test_a_stream_that_started_in_time_is_never_cut(origin: Origin) -> None:

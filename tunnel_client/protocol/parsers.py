@@ -251,7 +251,11 @@ class Flag(Parser[bool]):
 
 
 class Many(Parser[tuple[Any, ...]]):
-    """Several values (a repeated flag, a TOML list, or text split at commas and spaces)."""
+    """Several values (a repeated flag, a TOML list, or text split at commas and spaces).
+
+    Text is split wherever it comes from, a flag's value or a list's item included:
+    ``--relay "A,B"`` is two relays, as the same text in an environment variable is.
+    """
 
     def __init__(self, item: Parser[Any]) -> None:
         self.item = item
@@ -259,11 +263,15 @@ class Many(Parser[tuple[Any, ...]]):
 
     def parse(self, raw: object) -> tuple[Any, ...]:
         if isinstance(raw, str):
-            items: Sequence[object] = [part for part in re.split(r"[,\s]+", raw) if part]
-        elif isinstance(raw, list | tuple):
-            items = raw
-        else:
+            raw = [raw]
+        elif not isinstance(raw, list | tuple):
             raise ValueError(f"{shown(raw)} is not a list")
+        items: list[object] = []
+        for entry in raw:
+            if isinstance(entry, str):
+                items.extend(part for part in re.split(r"[,\s]+", entry) if part)
+            else:
+                items.append(entry)
         values, problems = [], []
         for item in items:
             try:
