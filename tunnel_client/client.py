@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from .config import ClientConfig, relay_ws_url
 from .connection import (
+    AuthRejected,
     LinkExpired,
     RelayRefused,
     RelayTarget,
@@ -217,6 +218,20 @@ async def local_port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
     return True
 
 
+LINK_LOST_WITH_ITS_LEASE = (
+    "the link is gone: no relay accepts its lease any more (a relay restarted with a "
+    "different --lease-key, or one that did not make the link); run tunnel again for a "
+    "new link"
+)
+_LEASE_NOT_THEIRS = "the lease was not issued by this relay"
+
+
+def _lease_not_theirs(exc: Exception) -> bool:
+    """The relay refused our lease because another key signed it (its words, see
+    relay_server.leases): the link may live on with a relay that holds that key."""
+    return isinstance(exc, AuthRejected) and exc.reason == _LEASE_NOT_THEIRS
+
+
 class TunnelClient:
     """Runs one link until it expires or :meth:`stop` is called."""
 
@@ -316,6 +331,8 @@ class TunnelClient:
         attempt = 0
         turn = 0  # the relay the next attempt goes to: each failure or drop moves it on
         first_failures: list[str] = []
+        lease_refused_by: set[int] = set()
+        """The relays (by turn) that said our lease is not theirs since the last link."""
         while not self._stopping.is_set():
             target = targets[turn % len(targets)]
             hello = Hello(
@@ -340,6 +357,16 @@ class TunnelClient:
                 return
             except (RelayUnavailable, RelayRefused) as exc:
                 retryable = exc.retryable if isinstance(exc, RelayRefused) else True
+                if self.link is not None and _lease_not_theirs(exc):
+                    # A relay with another signing key (a failover relay outside the
+                    # cluster, or one restarted without its key file): another relay of
+                    # the list may still take the lease, this one never will.
+                    lease_refused_by.add(turn % len(targets))
+                    if len(lease_refused_by) == len(targets):
+                        raise RelayRefused(
+                            GoAwayCode.AUTH_FAILED, LINK_LOST_WITH_ITS_LEASE
+                        ) from None
+                    retryable = True
                 turn += 1
                 if self.link is None and retryable and turn < len(targets):
                     first_failures.append(str(exc))
@@ -361,6 +388,7 @@ class TunnelClient:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
             lease = welcome.lease
+            lease_refused_by.clear()
             link = Link(
                 welcome.url,
                 welcome.subdomain,

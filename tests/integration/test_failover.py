@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT, Origin, _env, fetch, run_relay, start_tunnel, stop_process
+from tests.processes import (
+    ROOT,
+    Origin,
+    _env,
+    fetch,
+    run_relay,
+    start_relay,
+    start_tunnel,
+    stop_process,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +103,52 @@ def test_when_no_relay_answers_the_client_says_so_for_each() -> None:
     (line,) = done.stderr.splitlines()
     assert line.startswith("tunnel: no relay answered: cannot reach the relay at ")
     assert all(str(port) in line for port in ports), line
+
+
+@pytest.mark.timeout(90)
+def test_a_relay_with_another_key_is_passed_over_until_the_links_relay_is_back(
+    origin: Origin, tmp_path: Path
+) -> None:
+    key = str(tmp_path / "lease-key.pem")
+    port = closed_port()
+    first = start_relay("--lease-key", key, port=port)
+    try:
+        with run_relay() as other:  # its own key: it cannot take the link's lease
+            tunnel = start_tunnel(origin.port, "--relay", first.url, "--relay", other.url)
+            try:
+                sub = sub_of(tunnel.url)
+                stop_process(first.proc, signal.SIGTERM)
+                first.stderr_text()
+                # The other relay refuses the lease; the client does not give up...
+                other.wait_logged("the lease was not issued by this relay")
+                assert tunnel.proc.poll() is None, tunnel.stderr_lines
+                # ...and takes its link back from its own relay once that is up again.
+                first = start_relay("--lease-key", key, port=port)
+                back = tunnel.wait_event("reconnected", timeout=60)
+                assert sub_of(back["url"]) == sub and f":{port}/" in back["url"]
+                assert fetch(port, f"{sub}.localhost:{port}").status == 200
+            finally:
+                assert tunnel.stop() == 0, tunnel.stderr_lines
+    finally:
+        stop_process(first.proc)
+        first.stderr_text()
+
+
+@pytest.mark.timeout(60)
+def test_a_link_no_relay_will_take_back_ends_with_a_reason(origin: Origin) -> None:
+    port = closed_port()
+    relay = start_relay(port=port)  # a signing key in memory only
+    try:
+        tunnel = start_tunnel(origin.port, relay=relay)
+        stop_process(relay.proc, signal.SIGTERM)
+        relay.stderr_text()
+        relay = start_relay(port=port)  # the same address, a new key: the lease is foreign
+        code = tunnel.proc.wait(30)
+        tunnel.stop()
+    finally:
+        stop_process(relay.proc)
+        relay.stderr_text()
+    assert code == 1
+    said = "\n".join(tunnel.stderr_lines)
+    assert "the link is gone: no relay accepts its lease any more" in said, said
+    assert "run tunnel again for a new link" in said and "Traceback" not in said
