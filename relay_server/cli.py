@@ -169,7 +169,7 @@ async def _serve(config: RelayConfig) -> None:
         try:
             try:
                 cert, key, made = load_or_create_self_signed(config.domain, directory)
-                ssl_context = server_context(cert, key)
+                ssl_context = server_context(cert, key, config.domain)
             except (OSError, ValueError) as exc:
                 raise SystemExit(
                     f"tunnel-relay: cannot make the self-signed certificate in {directory}: {exc}"
@@ -186,7 +186,9 @@ async def _serve(config: RelayConfig) -> None:
         return
     if config.tls_cert is not None and config.tls_key is not None:
         try:
-            ssl_context = server_context(config.tls_cert, config.tls_key)
+            # A certificate that is its own CA (the workers' shared --self-signed one)
+            # issues per-link certificates where a wildcard cannot serve (see tls).
+            ssl_context = server_context(config.tls_cert, config.tls_key, config.domain)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"tunnel-relay: cannot load the TLS certificate: {exc}") from None
     await _run(config, ssl_context)

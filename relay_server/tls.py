@@ -7,6 +7,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -130,8 +131,89 @@ def _usable(cert_path: Path, key_path: Path, domain: str) -> bool:
     return same_key and fresh and set(self_signed_names(domain)) <= set(names)
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """A server context for the relay's certificate chain and key."""
+def server_context(cert: Path, key: Path, domain: str | None = None) -> ssl.SSLContext:
+    """A server context for the relay's certificate chain and key.
+
+    With ``domain`` of one label (``localhost``) and a certificate that is its own CA
+    (``--self-signed``): TLS clients refuse a wildcard right above a top-level name
+    (``*.localhost``), so each link's name gets a certificate of its own, issued by that
+    CA when a client first asks for the name. Whoever trusts the CA trusts them.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    if domain is not None and "." not in domain.strip("."):
+        issuer = _SelfSignedIssuer.load(cert, key, domain)
+        if issuer is not None:
+            context.sni_callback = issuer.choose
     return context
+
+
+class _SelfSignedIssuer:
+    """Certificates for ``<label>.<domain>`` names, signed by a self-signed CA's key."""
+
+    CACHE = 512
+    """Contexts kept for names already asked for (the oldest are dropped beyond this)."""
+
+    def __init__(
+        self, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, key_path: Path, domain: str
+    ) -> None:
+        self._ca = ca
+        self._ca_key = ca_key
+        self._key_path = key_path
+        self._suffix = "." + domain.strip(".").lower()
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    @classmethod
+    def load(cls, cert_path: Path, key_path: Path, domain: str) -> _SelfSignedIssuer | None:
+        """An issuer if the certificate is its own CA (else None: nothing to issue with)."""
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if (
+            not is_ca
+            or cert.issuer != cert.subject
+            or not isinstance(key, ec.EllipticCurvePrivateKey)
+        ):
+            return None
+        return cls(cert, key, key_path, domain)
+
+    def choose(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        """The SNI callback: a link's name gets its own certificate; others the CA's."""
+        if server_name is None:
+            return
+        name = server_name.lower()
+        label = name.removesuffix(self._suffix)
+        if label == name or not label or "." in label:
+            return
+        context = self._contexts.get(name)
+        if context is None:
+            context = self._contexts[name] = self._context_for(name)
+            if len(self._contexts) > self.CACHE:
+                del self._contexts[next(iter(self._contexts))]
+        sock.context = context
+
+    def _context_for(self, name: str) -> ssl.SSLContext:
+        ca = self._ca
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.subject)
+            .public_key(self._ca_key.public_key())  # the CA's key: one key file serves all
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(ca.not_valid_after_utc)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        # ssl loads certificates from files only: one that lives for this call.
+        with tempfile.NamedTemporaryFile(prefix="sharetunnel-leaf-", suffix=".pem") as file:
+            file.write(cert.public_bytes(serialization.Encoding.PEM))
+            file.flush()
+            context.load_cert_chain(file.name, self._key_path)
+        return context

@@ -4,6 +4,8 @@ naming what visitors and clients use; no key material left anywhere else."""
 from __future__ import annotations
 
 import re
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,43 @@ def test_a_domain_gets_its_names_and_another_domain_a_new_certificate(tmp_path: 
     with run_relay(*args) as relay:
         assert _announced(relay) == (cert, "made now")
         assert {"localhost", "*.localhost", "127.0.0.1"} <= _names(cert)
+
+
+def _get_by_name(port: int, host: str, ca: Path) -> tuple[int, bytes, list[str]]:
+    """GET / over TLS as a browser would: SNI and name check for the link's own name."""
+    name = host.rsplit(":", 1)[0]
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        peer = tls.getpeercert()
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    names = [value for kind, value in peer["subjectAltName"] if kind == "DNS"]
+    return int(head.split()[1]), body, names
+
+
+def test_links_under_localhost_are_reached_by_their_own_names(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # TLS clients refuse *.localhost (a wildcard right above a top-level name): each
+    # link's name gets a certificate of its own, from the CA that clients trust.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    args = ("--self-signed", "--lease-key", str(tmp_path / "lease.pem"))
+    with run_relay(*args, env={"TMPDIR": str(temp)}) as relay:
+        cert, _ = _announced(relay)
+        with run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel:
+            for _ in range(2):  # issued once, then kept
+                status, body, names = _get_by_name(relay.port, tunnel.host, cert)
+                assert (status, body) == (200, b"hello from the origin\n")
+                assert names == [tunnel.host.rsplit(":", 1)[0]]
+        status, _, _ = _get_by_name(relay.port, f"nolink.localhost:{relay.port}", cert)
+        assert status == 404  # verified TLS, then the relay's own page
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _get_by_name(relay.port, f"a.b.localhost:{relay.port}", cert)  # not a link name
+    assert list(temp.iterdir()) == []
