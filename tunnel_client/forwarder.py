@@ -182,6 +182,8 @@ _RESET_REASONS = {
     ResetCode.UPSTREAM_HEAD_TOO_LARGE: "the local server's response head is too large",
 }
 _WS_REPLY_DROPPED = frozenset({"sec-websocket-extensions"})
+_VISITOR_LEFT = frozenset({"", "the visitor went away", "the exchange ended", "reset by this side"})
+"""Reset reasons that mean the visitor left (the relay's words, see relay_server.edge)."""
 
 
 class _Failed(Exception):
@@ -638,10 +640,21 @@ class _Exchange:
         self._finished(502, failed.detail)
 
     def _finished_early(self) -> None:
-        """The stream was reset (the visitor left, or the relay gave up) or the session ended."""
+        """The stream was reset (the visitor left, or the relay gave up) or the session ended.
+
+        The owner's log says what the visitor got where it is known: a 499 only when the
+        visitor left, not when the relay refused the request or the tunnel closed.
+        """
         error = self.stream.error
-        if isinstance(error, StreamReset) and error.code is ResetCode.UPSTREAM_TIMEOUT:
+        if isinstance(error, SessionClosed):
+            why = error.reason or error.code.name.lower()
+            self._finished(self.status or 502, f"the tunnel closed before the answer ({why})")
+        elif isinstance(error, StreamReset) and error.code is ResetCode.UPSTREAM_TIMEOUT:
             self._finished(504, "the app did not answer within the relay's response timeout")
+        elif isinstance(error, StreamReset) and error.code is ResetCode.TOO_LARGE:
+            self._finished(self.status or 413, "the request body is over the relay's limit")
+        elif isinstance(error, StreamReset) and error.reason not in _VISITOR_LEFT:
+            self._finished(self.status or 499, f"the relay ended it: {error.reason}")
         else:
             self._finished(self.status or 499, "visitor went away")
 

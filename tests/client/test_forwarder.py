@@ -368,7 +368,7 @@ async def test_a_visitor_gone_mid_response_on_a_kept_alive_connection(
         head, _ = await asyncio.wait_for(stream.response(), 10)
         assert head.status == 200 and await asyncio.wait_for(stream.read(), 10) == b"abc"
         if ending == "reset":
-            stream.reset(ResetCode.CANCEL, "visitor went away")
+            stream.reset(ResetCode.CANCEL, "the visitor went away")  # the relay's words
             await until(lambda: len(t.records) == 2 and raw.disconnects == 1)
             assert (await t.exchange(get("/good")))[1] == b"ok"
             assert raw.connections == 2
@@ -377,7 +377,38 @@ async def test_a_visitor_gone_mid_response_on_a_kept_alive_connection(
             await until(lambda: len(t.records) == 2 and raw.disconnects == 1)
     record = t.records[1]
     assert (record.path, record.status, record.bytes_out) == ("/hang", 200, 3), record
-    assert record.error == "visitor went away"
+    if ending == "reset":
+        assert record.error == "visitor went away"
+    else:  # the visitor did not leave: the tunnel did
+        assert record.error == "the tunnel closed before the answer (relay going away)"
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "status", "error"),
+    [
+        (ResetCode.TOO_LARGE, "request body over 1024 bytes", 413, "over the relay's limit"),
+        (
+            ResetCode.CANCEL,
+            "the visitor's request body was malformed",
+            499,
+            "the relay ended it: the visitor's request body was malformed",
+        ),
+        (ResetCode.CANCEL, "the visitor went away", 499, "visitor went away"),
+    ],
+)
+async def test_the_owners_log_says_why_a_request_ended_before_its_answer(
+    raw: RawOrigin, code: ResetCode, reason: str, status: int, error: str
+) -> None:
+    async with link(raw.port) as t:
+        # A body still coming (chunked to the app, which waits for its end) is cut.
+        stream = t.relay.open_stream(get("/hang", method="POST"), end_stream=False)
+        await stream.write(b"part of a body")
+        await until(lambda: raw.connections == 1)
+        stream.reset(code, reason)
+        await until(lambda: len(t.records) == 1)
+    record = t.records[0]
+    assert (record.path, record.status) == ("/hang", status), record
+    assert record.error is not None and error in record.error, record
 
 
 @pytest.mark.parametrize(
