@@ -45,6 +45,13 @@ async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamRes
     """Serve one tunnel client for as long as its WebSocket lives."""
     if not relay.accepting:
         return web.Response(status=503, text="relay is shutting down; try another node\n")
+    if not ws_upgrade_asked(request):
+        # A browser or curl that found the endpoint: say what it is, not aiohttp's words.
+        return web.Response(
+            status=400,
+            text="This is the relay's tunnel endpoint: the tunnel client connects here "
+            "with a WebSocket. To share a local port: tunnel PORT --relay <this relay>\n",
+        )
     ws = web.WebSocketResponse(
         max_msg_size=TRANSPORT_MESSAGE_LIMIT,
         compress=False,
@@ -64,6 +71,13 @@ async def accept_tunnel(relay: Relay, request: web.BaseRequest) -> web.StreamRes
     # cancels what it waits for.
     await asyncio.wait({serving})
     return ws
+
+
+def ws_upgrade_asked(request: web.BaseRequest) -> bool:
+    """The request asks for a WebSocket (aiohttp checks the rest of the handshake)."""
+    upgrade = request.headers.get("Upgrade", "").lower()
+    connection = request.headers.get("Connection", "").lower()
+    return upgrade == "websocket" and "upgrade" in [t.strip() for t in connection.split(",")]
 
 
 async def _serve(relay: Relay, transport: AiohttpTransport, ip: str) -> None:

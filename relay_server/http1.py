@@ -182,6 +182,8 @@ def parse_request(head: bytes) -> Request:
     if (method + names).encode("latin-1").translate(None, _TCHAR) != b"\n" * (
         len(fields) - 1 if fields else 0
     ) or not all([name for name, _, _ in fields]):
+        if method.encode("latin-1").translate(None, _TCHAR):
+            raise HttpError(400, "The request method is not a token (RFC 9110 §9).")
         raise HttpError(400, "A header line is malformed (or folded, which HTTP/1.1 forbids).")
     headers = [(name, value.strip(" \t")) for name, _, value in fields]
     try:

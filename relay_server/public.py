@@ -82,8 +82,7 @@ def serve(conn: VisitorConnection, request: Request, sub: str) -> None:
         return
     target = _origin_form(request)
     if target is None:
-        page = pages.bad_request("The request target names a different host.")
-        conn.send_page(page, request)
+        conn.send_page(pages.bad_request(_target_problem(request)), request)
         return
     websocket = wants_websocket(request)
     if websocket and (problem := websocket_problem(request)) is not None:
@@ -176,6 +175,17 @@ def _origin_form(request: Request) -> str | None:
     if "@" in authority or authority.lower() != (request.host or "").lower():
         return None
     return path if path.startswith("/") else "/" + path
+
+
+def _target_problem(request: Request) -> str:
+    """Why :func:`_origin_form` found no path in the request target (for the 400 page)."""
+    if request.method == "CONNECT":
+        return "This relay serves share links; it does not tunnel CONNECT requests."
+    if request.target == "*":
+        return "The request target * is for OPTIONS requests only."
+    if "://" not in request.target:
+        return "The request target must be a path that starts with /."
+    return "The request target names a different host."
 
 
 def _authorized(link: Link, request: Request) -> bool:

@@ -462,3 +462,25 @@ def test_forwarding_headers_cannot_be_forged_on_links_either(links: Links) -> No
     assert headers_of(echo, "X-Forwarded-For") == ["127.0.0.1"]
     assert headers_of(echo, "X-Forwarded-Host") == [links.b]
     assert headers_of(echo, "Forwarded") == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ("GET * HTTP/1.1\r\nHost: {a}\r\n\r\n", b"is for OPTIONS requests only"),
+        ("GET nopath HTTP/1.1\r\nHost: {a}\r\n\r\n", b"must be a path that starts with /"),
+        ("CONNECT {a} HTTP/1.1\r\nHost: {a}\r\n\r\n", b"does not tunnel CONNECT"),
+        ("GET http://other.example/ HTTP/1.1\r\nHost: {a}\r\n\r\n", b"names a different host"),
+        ("G@T / HTTP/1.1\r\nHost: {a}\r\n\r\n", b"method is not a token"),
+        ("GET /_tunnel HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"the relay's tunnel endpoint"),
+    ],
+    ids=["star", "no-slash", "connect", "other-host", "bad-method", "tunnel-by-hand"],
+)
+def test_a_refused_request_hears_the_reason_that_applies(
+    links: Links, raw: str, said: bytes
+) -> None:
+    with RawConnection(links.relay.port) as conn:
+        assert conn.send(raw.format(a=links.a).encode())
+        response = read_final(conn)
+    assert response is not None and response.status == 400, response
+    assert said in response.body, response.body
