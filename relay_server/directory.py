@@ -361,7 +361,7 @@ class MemoryDirectory(LinkDirectory):
         ):
             raise HandshakeRefused(
                 GoAwayCode.LIMIT_EXCEEDED,
-                f"this address already holds {limits.tunnels_per_ip} links",
+                f"this address already holds {_links(limits.tunnels_per_ip)}",
             )
         if (
             token_id is not None
@@ -370,7 +370,7 @@ class MemoryDirectory(LinkDirectory):
         ):
             raise HandshakeRefused(
                 GoAwayCode.LIMIT_EXCEEDED,
-                f"this token already holds {limits.tunnels_per_token} links",
+                f"this token already holds {_links(limits.tunnels_per_token)}",
             )
         ttl = limits.ttl_s if ttl_s is None else min(ttl_s, limits.ttl_s)
         sub = self._new_subdomain()
@@ -571,3 +571,7 @@ def _cancel_timers(link: Link) -> None:
     for timer in link.timers.values():
         timer.cancel()
     link.timers.clear()
+
+
+def _links(n: int) -> str:
+    return "1 link" if n == 1 else f"{n} links"

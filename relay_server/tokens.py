@@ -68,7 +68,10 @@ class TokenStore:
     def _keep(self, tokens: list[str]) -> None:
         # Keep digests, not tokens: an identifier for logs and limits that reveals nothing.
         self._digests = {self._digest(t): t for t in tokens}
-        logger.info("loaded %d token(s) from %s", len(tokens), self.path)
+        if tokens:
+            logger.info("loaded %d token(s) from %s", len(tokens), self.path)
+        else:
+            logger.warning("the %s %s holds no token: everyone is refused", self.what, self.path)
 
     def knows(self, token_id: str) -> bool:
         """Whether the token with this id is still in the file."""

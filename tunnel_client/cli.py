@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import logging
 import signal
@@ -40,6 +41,34 @@ class _DefaultToShare(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             args = ["share", *args]
         return super().parse_args(ctx, args)
+
+
+class _ShareCommand(click.Command):
+    """``share``, whose missing TARGET may have been taken by ``--password`` (whose
+    secret is optional): ``tunnel --password 7860`` then says so, not just "missing"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # click's parser consumes the list it gets
+        try:
+            return super().parse_args(ctx, args)
+        except click.MissingParameter as exc:
+            taken = _port_taken_as_secret(given)
+            if exc.param is None or exc.param.name != "target" or taken is None:
+                raise
+            raise click.UsageError(
+                f"Missing TARGET: --password took {taken!r} as its secret. Put the port "
+                f"first (tunnel {taken} --password) or give a secret (--password SECRET "
+                f"{taken}).",
+                ctx,
+            ) from None
+
+
+def _port_taken_as_secret(args: list[str]) -> str | None:
+    """The port-like value that follows ``--password`` in ``args``, if one does."""
+    for flag, value in itertools.pairwise(args):
+        if flag == "--password" and value.isdigit():
+            return value
+    return None
 
 
 def _options(command: _F) -> _F:
@@ -89,7 +118,7 @@ def main() -> None:
     """Share a local HTTP server through a relay: `tunnel 7860` prints a public link."""
 
 
-@main.command()
+@main.command(cls=_ShareCommand)
 @click.argument("target", metavar="TARGET")
 @_options
 def share(

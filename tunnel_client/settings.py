@@ -185,7 +185,6 @@ CLIENT = Table(
         Setting(
             name="stream_window",
             parser=Size(MIN_WINDOW, MAX_WINDOW),
-            hidden=True,
             help="Receive window per stream: uploads from visitors flow against it.",
             example="512KiB",
         ),

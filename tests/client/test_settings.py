@@ -431,3 +431,12 @@ def test_the_readme_names_every_setting() -> None:
     section = readme.split("\n## Sharing a port\n", 1)[1].split("\n## ", 1)[0]
     for setting in CLIENT:
         assert f"`{setting.name}`" in section, setting.name
+
+
+def test_a_port_taken_by_password_as_its_secret_is_named(tunnel: Callable[..., Run]) -> None:
+    # --password's secret is optional, so `tunnel --password 7860` has no TARGET left.
+    run = tunnel("--password", "7860")
+    assert run.result.exit_code == 2 and not run.configs
+    assert "--password took '7860' as its secret" in run.result.output
+    assert "tunnel 7860 --password" in run.result.output
+    assert tunnel("7860", "--password").config.port == 7860
