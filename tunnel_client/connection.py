@@ -99,6 +99,14 @@ def _describe(exc: BaseException, target: RelayTarget | None = None) -> str:
         return exc.strerror.lower()
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if (
+        isinstance(exc, websockets.InvalidMessage)
+        and target is not None
+        and target.url.startswith("ws://")
+    ):
+        # What a TLS server does with a plain request: no HTTP comes back.
+        https = "https://" + target.url.removeprefix("ws://").removesuffix("/_tunnel")
+        return f"no HTTP came back; if the relay serves TLS, use --relay {https}"
     if isinstance(exc, websockets.InvalidStatus):
         said = (exc.response.body or b"").decode("utf-8", "replace").strip().splitlines()
         detail = f" ({said[0][:200]})" if said else ""

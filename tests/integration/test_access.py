@@ -168,6 +168,8 @@ def test_self_signed_tls_serves_https_and_wss(origin: Origin) -> None:
         cert = _self_signed_cert(relay.lines)
         untrusted = _refused(origin, relay.url)
         assert "not trusted" in untrusted and "--ca-file" in untrusted
+        plain = _refused(origin, relay.url.replace("wss://", "http://"))
+        assert f"if the relay serves TLS, use --relay https://127.0.0.1:{relay.port}" in plain
         with run_tunnel(origin.port, "--ca-file", str(cert), relay=relay) as tunnel:
             assert tunnel.url.startswith("https://")
             status, body = _https_get(relay.port, tunnel.host, cert)
