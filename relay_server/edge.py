@@ -659,6 +659,9 @@ class VisitorConnection(asyncio.Protocol):
         idle = self.config.idle_timeout_s
         if self.stream is not None:
             self.stream.reset(ResetCode.CANCEL, f"the visitor's upload stalled for {idle:g} s")
+        if self.status == 499:  # no answer has started: say why
+            page = pages.refused(408, f"The request body stopped arriving for {idle:g} s.")
+            self.write_page(page, self.request, close=True)
         self.abort()
 
     def _response_stalled(self) -> None:
@@ -679,6 +682,8 @@ class VisitorConnection(asyncio.Protocol):
             self.arm(self.reply_by)
         else:
             self._reply_within = timeout_s
+            # Until then a body that stops arriving is the only thing to watch for.
+            self.arm(self.last_in + self.config.idle_timeout_s)
 
     def answered(self) -> None:
         """The app's answer (or the stream's failure) came: no reply deadline any more."""

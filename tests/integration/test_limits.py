@@ -300,6 +300,27 @@ def test_the_idle_timeout_cuts_a_stalled_stream_but_never_a_live_sse_stream(
     )
 
 
+@pytest.mark.timeout(60)
+def test_an_upload_that_stops_arriving_gets_408_after_the_idle_timeout(origin: Origin) -> None:
+    # The app's time to answer starts only once the body is all here, so a body that
+    # stops coming is the idle timeout's to end: with a 408 that says so, like nginx.
+    idle = 1.5
+    with (
+        run_relay("--idle-timeout", f"{idle:g}s", "--response-timeout", "60s") as relay,
+        run_tunnel(origin.port, relay=relay) as tunnel,
+        RawConnection(relay.port, timeout=30) as visitor,
+    ):
+        head = f"POST /upload HTTP/1.1\r\nHost: {tunnel.host}\r\nContent-Length: 1000\r\n\r\n"
+        visitor.send(head.encode() + b"x" * 10)
+        started = time.monotonic()
+        response = visitor.read_response()
+        took = time.monotonic() - started
+        assert response is not None and response.status == 408, response
+        assert b"stopped arriving" in response.body
+        assert visitor.closed_by_peer()
+    assert idle * 0.8 <= took < idle + 10, took
+
+
 def test_the_default_idle_timeout_is_well_above_gradios_heartbeat() -> None:
     default = RelayConfig().idle_timeout_s
     assert default >= 4 * GRADIO_HEARTBEAT_S
