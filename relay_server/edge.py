@@ -163,6 +163,8 @@ class VisitorConnection(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self._upgraded = False
+        self._paused_at = 0.0
+        """When reading was last paused (backpressure)."""
         self._linger_until = 0.0
         self._lingered = 0
 
@@ -571,11 +573,15 @@ class VisitorConnection(asyncio.Protocol):
         if not self._read_paused and self.transport is not None and self.state < _LINGER:
             self._read_paused = True
             self.transport.pause_reading()
+            self._paused_at = self.loop.time()
+            if self.state == _BUSY and not self.body_done:
+                self._arm(self._paused_at + self.config.response_timeout_s)
 
     def _resume_reading(self) -> None:
         if self._read_paused and self.transport is not None and self.state != _CLOSED:
             self._read_paused = False
             self.transport.resume_reading()
+            self.last_in = self.loop.time()  # the visitor's idle time starts again
 
     def _wake_reader(self) -> None:
         waiter = self._reader
@@ -629,7 +635,13 @@ class VisitorConnection(asyncio.Protocol):
         elif self.state == _BUSY:
             if self.reply_by is not None:
                 deadlines.append((self.reply_by, self._reply_late))
-            if not self.body_done:
+            if not self.body_done and self._read_paused:
+                # Held back because the app takes no more of the body: its time, not the
+                # visitor's (who is not stalling: the relay stopped reading it).
+                if self.stream is not None and self.stream.error is None:
+                    when = self._paused_at + config.response_timeout_s
+                    deadlines.append((when, self._app_took_no_body))
+            elif not self.body_done:
                 deadlines.append((self.last_in + config.idle_timeout_s, self._upload_stalled))
             if self.streaming:
                 deadlines.append((self.last_out + config.idle_timeout_s, self._response_stalled))
@@ -663,6 +675,12 @@ class VisitorConnection(asyncio.Protocol):
             page = pages.refused(408, f"The request body stopped arriving for {idle:g} s.")
             self.write_page(page, self.request, close=True)
         self.abort()
+
+    def _app_took_no_body(self) -> None:
+        timeout = self.config.response_timeout_s
+        if self.stream is not None:
+            why = f"the app took none of the request body for {timeout:g} s"
+            self.stream.reset(ResetCode.UPSTREAM_TIMEOUT, why)
 
     def _response_stalled(self) -> None:
         idle = self.config.idle_timeout_s

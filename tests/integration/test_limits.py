@@ -8,6 +8,7 @@ documented status, what stays under it is served.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -319,6 +320,40 @@ def test_an_upload_that_stops_arriving_gets_408_after_the_idle_timeout(origin: O
         assert b"stopped arriving" in response.body
         assert visitor.closed_by_peer()
     assert idle * 0.8 <= took < idle + 10, took
+
+
+@pytest.mark.timeout(60)
+def test_an_upload_the_app_stops_taking_is_the_apps_504_not_the_visitors_408(
+    origin: Origin,
+) -> None:
+    # The app reads 16 KiB and then nothing: the relay stops reading the visitor (whose
+    # upload is not stalled) and, after the response timeout, answers 504.
+    with (
+        run_relay("--idle-timeout", "1.5s", "--response-timeout", "3s") as relay,
+        run_tunnel(origin.port, relay=relay) as tunnel,
+        RawConnection(relay.port, timeout=30) as visitor,
+    ):
+        size = 256 * MIB
+        head = (
+            f"POST /slow-upload?rate=1 HTTP/1.1\r\nHost: {tunnel.host}\r\n"
+            f"Content-Length: {size}\r\n\r\n"
+        )
+        visitor.send(head.encode())
+
+        def upload() -> None:
+            piece = b"u" * MIB
+            with contextlib.suppress(OSError):  # the relay closes once it has answered
+                for _ in range(size // MIB):
+                    visitor.sock.sendall(piece)
+
+        sender = threading.Thread(target=upload, daemon=True)
+        started = time.monotonic()
+        sender.start()
+        response = visitor.read_response()
+        took = time.monotonic() - started
+        assert response is not None and response.status == 504, response
+    sender.join(10)
+    assert took >= 2.5, took  # the response timeout, not the idle timeout
 
 
 def test_the_default_idle_timeout_is_well_above_gradios_heartbeat() -> None:
