@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 import tempfile
@@ -23,6 +24,8 @@ __all__ = [
     "self_signed_names",
     "server_context",
 ]
+
+logger = logging.getLogger(__name__)
 
 SELF_SIGNED_CERT = "relay-selfsigned-cert.pem"
 SELF_SIGNED_KEY = "relay-selfsigned-key.pem"
@@ -190,7 +193,13 @@ class _SelfSignedIssuer:
             return
         context = self._contexts.get(name)
         if context is None:
-            context = self._contexts[name] = self._context_for(name)
+            try:
+                context = self._context_for(name)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                # The CA's own certificate still answers (a client may refuse it).
+                logger.warning("cannot issue a certificate for %s: %s", name, exc)
+                return
+            self._contexts[name] = context
             if len(self._contexts) > self.CACHE:
                 del self._contexts[next(iter(self._contexts))]
         sock.context = context
