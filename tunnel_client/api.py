@@ -89,6 +89,10 @@ def build_config(
     return config
 
 
+ABANDON_GRACE_S = 1.0
+"""How long a cancelled start waits for the link's goodbye before it cuts the connection."""
+
+
 class AsyncShare:
     """A link served by a task in the running event loop.
 
@@ -131,9 +135,21 @@ class AsyncShare:
         try:
             self.link = await self._client.wait_ready()
         except BaseException:
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Failed, or cancelled (a timeout around start()): whatever came up meanwhile
+            # must not outlive this call, a link nobody holds least of all.
+            await self._abandon()
             raise
         return self
+
+    async def _abandon(self) -> None:
+        """Stop a start that will not be waited for: free the link if it came up (a
+        goodbye to the relay, briefly waited for), else cut the connection attempt."""
+        assert self._client is not None and self._task is not None
+        self._client.stop()
+        if not self._task.done():
+            await asyncio.wait({self._task}, timeout=ABANDON_GRACE_S)
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
     def __await__(self) -> Generator[Any, None, AsyncShare]:
         return self.start().__await__()
@@ -173,6 +189,8 @@ class Share:
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._close_asked = False
+        """close() came (maybe before the client existed): stop as soon as it is up."""
         self._thread = threading.Thread(target=self._main, name="sharetunnel", daemon=True)
 
     def _main(self) -> None:
@@ -185,13 +203,19 @@ class Share:
             self._loop.close()
             return
         self._started.set()
-        assert self._async._task is not None
+        assert self._async._task is not None and self._async._client is not None
+        if self._close_asked:
+            self._async._client.stop()
         self._loop.run_until_complete(asyncio.gather(self._async._task, return_exceptions=True))
         self._loop.close()
 
     def start(self) -> Share:
         self._thread.start()
-        self._started.wait()
+        try:
+            self._started.wait()
+        except BaseException:  # Ctrl-C (a notebook cell interrupted) while it starts
+            self.close()
+            raise
         if self._error is not None:
             raise self._error
         return self
@@ -223,6 +247,7 @@ class Share:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Free the link and stop the background thread."""
+        self._close_asked = True
         if self._thread.is_alive() and not self._loop.is_closed():
             client = self._async._client
             if client is not None:

@@ -34,7 +34,7 @@ from .connection import (
 )
 from .forwarder import Forwarder, RequestRecord
 from .protocol.aio import Session
-from .protocol.errors import GoAwayCode
+from .protocol.errors import GoAwayCode, TunnelError
 from .protocol.handshake import Hello
 from .protocol.mux import Mux, Role, window_growth
 from .protocol.units import format_duration
@@ -264,6 +264,9 @@ class TunnelClient:
         """Serve the link. Raises what ends it abnormally (refusals, a first connect failure)."""
         try:
             await self._run()
+            if not self._ready.done():  # stopped before the link came up
+                self._ready.set_exception(TunnelError("stopped before the link came up"))
+                self._ready.exception()
         except BaseException as exc:
             if not self._ready.done():
                 self._ready.set_exception(exc)

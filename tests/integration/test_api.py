@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import socket
 import time
@@ -131,3 +132,69 @@ async def test_async_share_with_an_unreachable_relay_raises_quickly() -> None:
         _ = await async_share(8000, relay=f"ws://127.0.0.1:{port}")
     assert type(caught.value) is not TunnelError
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(60)
+async def test_a_cancelled_start_returns_at_once_and_leaves_no_link(origin: Origin) -> None:
+    # asyncio.timeout(), wait_for() and task.cancel() around a start: nothing outlives it.
+    with run_relay() as own:
+
+        def tunnels() -> int:
+            health = json.loads(fetch(own.port, "relay", "/_health").body)
+            return int(health["tunnels"])
+
+        cancelled = 0
+        for delay in (0.0, 0.0, 0.01, 0.02, 0.04):  # before and around the link's coming up
+            starting = async_share(origin.port, relay=own.url)
+            task = asyncio.create_task(starting.start())
+            await asyncio.sleep(delay)
+            task.cancel()
+            started = time.monotonic()
+            done, _ = await asyncio.wait({task}, timeout=10)
+            assert done, f"a start cancelled after {delay} s did not return"
+            assert time.monotonic() - started < 5
+            if task.cancelled():
+                cancelled += 1
+            else:  # it had finished already: the caller holds the link and closes it
+                await task.result().aclose()
+            deadline = time.monotonic() + 10
+            while await asyncio.to_thread(tunnels):
+                assert time.monotonic() < deadline, f"a link outlived a start cancelled at {delay}"
+                await asyncio.sleep(0.05)
+        assert cancelled >= 2  # the starts cancelled at once were cancelled, not finished
+
+
+@pytest.mark.timeout(60)
+async def test_a_timeout_around_a_start_on_a_silent_relay_is_kept() -> None:
+    # A relay that accepts and never answers: wait_for's 1 s is 1 s, not the handshake's 10.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(async_share(8000, relay=f"ws://127.0.0.1:{port}"), 1)
+        took = time.monotonic() - started
+    assert took < 5, took
+
+
+@pytest.mark.timeout(60)
+def test_a_share_interrupted_while_it_starts_leaves_no_link(origin: Origin) -> None:
+    # Ctrl-C in a notebook cell lands in the waiting thread, not in the one starting
+    # the link: the link that comes up anyway is freed, and the thread ends.
+    from tunnel_client.api import Share, build_config
+
+    with run_relay() as own:
+        sharing = Share(build_config(origin.port, relay=own.url))
+
+        def interrupted(timeout: float | None = None) -> bool:
+            raise KeyboardInterrupt  # as the signal would, the moment the wait began
+
+        sharing._started.wait = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            sharing.start()
+        assert not sharing.alive
+        deadline = time.monotonic() + 10
+        while json.loads(fetch(own.port, "relay", "/_health").body)["tunnels"]:
+            assert time.monotonic() < deadline, "a link outlived the interrupted start"
+            time.sleep(0.05)
