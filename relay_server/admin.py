@@ -53,6 +53,24 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _foreign(request: web.Request, relay: Relay) -> str | None:
+    """Why a request to the token-less API does not come from this machine's own
+    clients (curl, scripts, Prometheus), or None if it does."""
+    port = relay.admin_port
+    names = {relay.config.admin_host.lower(), "127.0.0.1", "localhost", "[::1]"}
+    if ":" in relay.config.admin_host:  # an IPv6 address is bracketed in a Host
+        names.add(f"[{relay.config.admin_host.lower()}]")
+    host = request.headers.get("Host", "").strip().lower()
+    if host not in names and host not in {f"{name}:{port}" for name in names}:
+        return (
+            f"the links API answers to Host 127.0.0.1:{port} or localhost:{port} only, "
+            f"not {host!r} (or give --admin-token-file and a bearer token)"
+        )
+    if "Origin" in request.headers:
+        return "the links API takes no requests from web pages (they send an Origin)"
+    return None
+
+
 def link_json(relay: Relay, link: Link) -> dict[str, Any]:
     """What the API says about one link."""
     session = link.session
@@ -75,7 +93,14 @@ def make_admin_app(relay: Relay) -> web.Application:
 
     @web.middleware
     async def bearer_auth(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if not request.path.startswith("/api/") or not relay.admin_tokens.required:
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        if not relay.admin_tokens.required:
+            # Open on loopback only, to this machine's own clients: a web page rebound
+            # to 127.0.0.1 (DNS rebinding) sends its own Host, and an Origin.
+            problem = _foreign(request, relay)
+            if problem is not None:
+                return _error(403, problem)
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or relay.admin_tokens.check(token.strip()) is None:

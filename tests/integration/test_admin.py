@@ -143,6 +143,37 @@ def test_the_links_api_lists_a_live_link(origin: Origin) -> None:
         assert admin(relay, "/readyz")[0] == 200
 
 
+def test_without_a_token_the_api_answers_this_machines_clients_not_web_pages(
+    origin: Origin,
+) -> None:
+    # DNS rebinding: a page whose name now points at 127.0.0.1 sends its own Host (and,
+    # for a DELETE, an Origin); curl and scripts send the listener's address, no Origin.
+    with (
+        run_relay("--admin-port", "0") as relay,
+        run_tunnel(origin.port, relay=relay) as tunnel,
+    ):
+        port = relay.admin_port
+        assert port is not None
+        sub = subdomain(tunnel)
+        evil = f"rebind.attacker.example:{port}"
+        listed = fetch(port, evil, "/api/links")
+        assert listed.status == 403 and b"answers to Host" in listed.body
+        revoked = fetch(port, evil, f"/api/links/{sub}", method="DELETE")
+        assert revoked.status == 403
+        paged = fetch(
+            port,
+            f"127.0.0.1:{port}",
+            f"/api/links/{sub}",
+            method="DELETE",
+            headers={"Origin": f"http://127.0.0.1:{port}"},
+        )
+        assert paged.status == 403 and b"Origin" in paged.body
+        assert fetch(relay.port, tunnel.host, "/").status == 200  # still live
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.1"):
+            assert fetch(port, host, "/api/links").status == 200, host
+        assert fetch(port, evil, "/metrics").status == 200  # scrapers name hosts freely
+
+
 def test_the_admin_token_guards_the_api_but_not_the_probes(origin: Origin, tmp_path: Path) -> None:
     token_file = tmp_path / "admin-token"
     token_file.write_text(secrets.token_urlsafe(24) + "\n")  # as the runbook makes one

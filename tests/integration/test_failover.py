@@ -63,7 +63,7 @@ def test_a_client_moves_to_the_next_relay_and_keeps_its_link(
             for _ in range(5):
                 assert fetch(second.port, host, "/echo").status == 200
             assert second.admin_port is not None
-            links = fetch(second.admin_port, "admin", "/api/links")
+            links = fetch(second.admin_port, f"127.0.0.1:{second.admin_port}", "/api/links")
             (link,) = json.loads(links.body)["links"]
             assert link["subdomain"] == sub and link["state"] == "live"
             metrics = fetch(second.admin_port, "admin", "/metrics").body.decode()
