@@ -32,6 +32,7 @@ from .endpoint import accept_tunnel
 from .forwarding import peer_address
 from .interstitial import Interstitial
 from .leases import LeaseSigner, load_or_create_key
+from .logs import SERVER_LOGGER
 from .observe import Observer
 from .revocations import Revocation, RevocationLog
 from .routing import Router
@@ -146,6 +147,7 @@ class Relay:
             max_line_size=self.config.max_header_bytes,
             max_field_size=self.config.max_header_bytes,
             auto_decompress=False,
+            logger=SERVER_LOGGER,
         )
         self.edge = Edge(self, self._aiohttp)
         loop = asyncio.get_running_loop()
@@ -182,7 +184,9 @@ class Relay:
     async def _start_admin(self, port: int) -> None:
         from .admin import make_admin_app
 
-        runner = web.AppRunner(make_admin_app(self), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            make_admin_app(self), access_log=None, handle_signals=False, logger=SERVER_LOGGER
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.admin_host, port, reuse_address=True)
         try:

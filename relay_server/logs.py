@@ -11,7 +11,9 @@ import json
 import logging
 from typing import Any
 
-__all__ = ["JsonFormatter", "TextFormatter", "formatter"]
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["SERVER_LOGGER", "JsonFormatter", "TextFormatter", "formatter"]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -63,3 +65,17 @@ class JsonFormatter(logging.Formatter):
 def formatter(log_format: str) -> logging.Formatter:
     """The formatter for ``--log-format`` (``text`` or ``json``)."""
     return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+class _NotHttpFilter(logging.Filter):
+    """Drops aiohttp's traceback for a request that is not HTTP: the sender got its
+    400, and a stranger's garbage is no event in the operator's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+SERVER_LOGGER = logging.getLogger("relay_server.server")
+"""The logger of the relay's aiohttp servers (its own host, the admin listener)."""
+SERVER_LOGGER.addFilter(_NotHttpFilter())

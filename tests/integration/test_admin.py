@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,6 +173,12 @@ def test_without_a_token_the_api_answers_this_machines_clients_not_web_pages(
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.1"):
             assert fetch(port, host, "/api/links").status == 200, host
         assert fetch(port, evil, "/metrics").status == 200  # scrapers name hosts freely
+        # A request that is not HTTP gets its 400, and the log no traceback.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /api/links HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+            assert sock.recv(100).split(b" ")[1] == b"400"
+    logged = relay.stderr_text()
+    assert "Traceback" not in logged and "Error handling request" not in logged, logged
 
 
 def test_the_admin_token_guards_the_api_but_not_the_probes(origin: Origin, tmp_path: Path) -> None:

@@ -312,3 +312,25 @@ def test_the_body_limit_setting_is_used(small_limit: tuple[Link, Api]) -> None:
     body = api.get(f"/api/requests/{entry['id']}")["request"]["body"]
     assert (body["size"], body["captured"], body["text"]) == (5000, 1024, "u" * 1024)
     assert api.get("/api/requests")["body_limit"] == 1024
+
+
+@pytest.mark.timeout(60)
+def test_requests_that_are_not_http_get_400_and_no_traceback_on_the_terminal(
+    origin: Origin,
+) -> None:
+    with run_relay() as relay:
+        tunnel = run_tunnel(origin.port, relay=relay)
+        with tunnel as running:
+            api = Api.of(running)
+            for raw in (
+                b"GET / HTTP/1.1\r\n\r\n",  # no Host: the inspector's own 403
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+            ):
+                with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+                    sock.sendall(raw)
+                    answer = sock.recv(100)
+                    assert answer.split(b" ")[1] in (b"400", b"403"), answer
+            assert api.get("/api/requests")["requests"] == []  # it still answers
+    said = "\n".join(running.stderr_lines)
+    assert "Traceback" not in said and "Error handling request" not in said, said

@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -188,7 +189,11 @@ class Inspector:
             skip_auto_headers=_SKIP_AUTO_HEADERS,
         )
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            logger=_SERVER_LOGGER,
         )
         try:
             await self._runner.setup()
@@ -446,3 +451,18 @@ def _body(overrides: dict[str, Any]) -> bytes | None:
         except (binascii.Error, TypeError, ValueError):
             raise _BadRequest("body_base64 is not base64") from None
     return None
+
+
+class _BadRequestFilter(logging.Filter):
+    """Drops aiohttp's traceback for a request that is not HTTP (no Host, a bad
+    Content-Length...): the sender got its 400, and the owner's terminal is no log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+_SERVER_LOGGER = logging.getLogger(__name__ + ".server")
+"""The inspector's own aiohttp server logger (not aiohttp's, which a library user's own
+servers share), without the tracebacks of requests that are not HTTP."""
+_SERVER_LOGGER.addFilter(_BadRequestFilter())
