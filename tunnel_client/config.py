@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from .protocol.errors import ConfigError
+from .protocol.handshake import bypass_token_problem
 from .protocol.mux import DEFAULT_WINDOW
 from .protocol.window import MAX_WINDOW, MIN_WINDOW
 
@@ -148,14 +149,6 @@ def host_header_problem(value: str) -> str | None:
     """Why ``value`` cannot be sent as ``Host`` (``rewrite`` aside), or None."""
     if not value or any(c.isspace() or not c.isprintable() for c in value) or "/" in value:
         return f"host header {value!r} is not a host (with an optional :port) or 'rewrite'"
-    return None
-
-
-def bypass_token_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a warning-bypass token (it travels in a URL), or None."""
-    allowed = all(c.isascii() and (c.isalnum() or c in "-._~") for c in value)
-    if not 8 <= len(value) <= 128 or not allowed:
-        return "bypass token must be 8 to 128 letters, digits, '-', '.', '_' or '~'"
     return None
 
 

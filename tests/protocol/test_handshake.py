@@ -138,6 +138,10 @@ BAD_HELLOS = {
     "ttl false": hello_json(ttl_s=False),
     "agent too long": hello_json(agent="a" * 201),
     "agent an object": hello_json(agent={}),
+    "bypass_token too short": hello_json(bypass_token="a"),
+    "bypass_token empty": hello_json(bypass_token=""),
+    "bypass_token with a space": hello_json(bypass_token="a b c d e f"),
+    "bypass_token not for a URL": hello_json(bypass_token="abcdefgh/?#"),
 }
 
 

@@ -26,7 +26,15 @@ from .errors import GoAwayCode, HandshakeRefused, RemoteProtocolError
 from .frames import Frame, FrameType, decode_frames, encode_frame, goaway_frame, parse_goaway
 from .window import MAX_WINDOW, MIN_WINDOW
 
-__all__ = ["PROTOCOL_VERSION", "Hello", "Welcome", "read_hello", "read_welcome", "refusal"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Hello",
+    "Welcome",
+    "bypass_token_problem",
+    "read_hello",
+    "read_welcome",
+    "refusal",
+]
 
 PROTOCOL_VERSION = 1
 MAX_CREDENTIAL_CHARS = 4096
@@ -123,6 +131,9 @@ class Hello:
         if not secret or len(secret) < 16:
             raise RemoteProtocolError("client_secret must be at least 16 characters")
         ttl = obj.get("ttl_s")
+        bypass = _opt_str(obj, "bypass_token", 128)
+        if bypass is not None and (problem := bypass_token_problem(bypass)) is not None:
+            raise RemoteProtocolError(problem)
         return cls(
             version=_int(obj, "version", 0, 2**31),
             window=_int(obj, "window", MIN_WINDOW, MAX_WINDOW),
@@ -131,10 +142,21 @@ class Hello:
             token=_opt_str(obj, "token"),
             lease=_opt_str(obj, "lease"),
             visitor_auth=_opt_str(obj, "visitor_auth", 512),
-            bypass_token=_opt_str(obj, "bypass_token", 128),
+            bypass_token=bypass,
             ttl_s=None if ttl is None else _int(obj, "ttl_s", 1, 2**31),
             agent=_opt_str(obj, "agent", 200) or "",
         )
+
+
+def bypass_token_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a warning-bypass token (it travels in a URL), or None.
+
+    The client checks its own option with it, and the relay every HELLO's token.
+    """
+    allowed = all(c.isascii() and (c.isalnum() or c in "-._~") for c in value)
+    if not 8 <= len(value) <= 128 or not allowed:
+        return "bypass token must be 8 to 128 letters, digits, '-', '.', '_' or '~'"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
