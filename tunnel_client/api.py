@@ -146,10 +146,12 @@ class AsyncShare:
         goodbye to the relay, briefly waited for), else cut the connection attempt."""
         assert self._client is not None and self._task is not None
         self._client.stop()
-        if not self._task.done():
-            await asyncio.wait({self._task}, timeout=ABANDON_GRACE_S)
+        try:
+            if not self._task.done():
+                await asyncio.wait({self._task}, timeout=ABANDON_GRACE_S)
+        finally:  # cancelled again while it waited for the goodbye: cut it all the same
             self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, return_exceptions=True)
 
     def __await__(self) -> Generator[Any, None, AsyncShare]:
         return self.start().__await__()

@@ -33,8 +33,6 @@ LOCAL_ONLY_HINT = (
     '--relay wss://<your relay>, set TUNNEL_RELAY, or put relay = "..." in '
     "~/.config/sharetunnel/client.toml."
 )
-_json_line = plain_encoder()
-"""``json.dumps``, for a line per request (see protocol.jsontext)."""
 WARNING_PAGE_HINT = (
     "Warning     browsers see the relay's warning page once per link; "
     "--bypass-token TOKEN gives a link that skips it"
@@ -216,6 +214,10 @@ def _escape(char: str) -> str:
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
         code -= 0xDC00
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_json_line = plain_encoder()
+"""``json.dumps``, for a line per request (see protocol.jsontext)."""
 
 
 class JsonDisplay:
